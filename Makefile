@@ -1,0 +1,37 @@
+# hakube build, run and test entry points.
+KUBE_VERSION := v1.37.2
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/hakube/hakube/internal/version.Version=$(VERSION) \
+	-X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION)+hakube \
+	-X k8s.io/component-base/version.gitMajor=1 \
+	-X k8s.io/component-base/version.gitMinor=37 \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(KUBE_VERSION)+hakube \
+	-X k8s.io/client-go/pkg/version.gitMajor=1 \
+	-X k8s.io/client-go/pkg/version.gitMinor=37
+BIN := bin/hakube
+DATA_DIR ?= /var/lib/hakube
+
+.PHONY: build run test unit e2e lint bench clean
+
+build:
+	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
+
+# A single server on the embedded SQLite datastore.
+run: build
+	$(BIN) server --data-dir $(DATA_DIR)
+
+lint:
+	@test -z "$$(gofmt -l cmd internal test)" || (gofmt -l cmd internal test; exit 1)
+	go vet ./...
+
+unit:
+	go test ./internal/...
+
+# Integration and multi-host tests use the binary built once by 'build'.
+e2e: build
+	HAKUBE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 40m -v ./test/...
+
+test: lint unit e2e
+
+clean:
+	rm -rf bin

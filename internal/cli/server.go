@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hakube/hakube/internal/server"
+)
+
+func newServerCommand() *cobra.Command {
+	cfg := server.NewConfig()
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a control-plane server",
+		Long: `Run a Kubernetes control-plane server: kube-apiserver, kube-controller-manager
+and kube-scheduler in one process, on an embedded SQLite datastore by default.
+
+The token is taken from --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN, in that
+order; without one a random token is generated and stored in
+<data-dir>/server/token.`,
+		Example: `  # a single server on the embedded SQLite datastore
+  hakube server
+
+  # a server on an external PostgreSQL database
+  hakube server --datastore-endpoint 'postgres://user:pass@db:5432/kube'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Token == "" && cfg.TokenFile == "" {
+				cfg.Token = firstEnv("HAKUBE_TOKEN", "K3S_TOKEN")
+			}
+			return server.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&cfg.DataDir, "data-dir", "d", cfg.DataDir, "directory for state and certificates")
+	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname)")
+	f.StringVar(&cfg.NodeIP, "node-ip", "", "IP address of this node (default: the address of the default-route interface)")
+	f.StringVar(&cfg.AdvertiseAddress, "advertise-address", "", "IP address the apiserver advertises to the cluster (default: --node-ip)")
+	f.StringVar(&cfg.BindAddress, "bind-address", cfg.BindAddress, "address the HTTPS listener binds to")
+	f.IntVar(&cfg.HTTPSPort, "https-listen-port", cfg.HTTPSPort, "port of the HTTPS listener (API and cluster endpoints); the apiserver uses the next port on loopback")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra host names or IP addresses for the serving certificate (repeatable)")
+	f.StringVar(&cfg.ClusterCIDR, "cluster-cidr", cfg.ClusterCIDR, "IP range for pod IPs")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", cfg.ServiceCIDR, "IP range for service IPs")
+	f.StringVar(&cfg.ClusterDNS, "cluster-dns", cfg.ClusterDNS, "IP address of the cluster DNS service (inside --service-cidr)")
+	f.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "cluster domain")
+	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret used to join servers and agents (env HAKUBE_TOKEN or K3S_TOKEN)")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")
+	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "external datastore: postgres://, mysql://, sqlite:// or https://etcd:2379[,...] (default: embedded SQLite)")
+	f.StringVar(&cfg.DatastoreCAFile, "datastore-cafile", "", "CA file to verify an external etcd")
+	f.StringVar(&cfg.DatastoreCertFile, "datastore-certfile", "", "client certificate for an external etcd")
+	f.StringVar(&cfg.DatastoreKeyFile, "datastore-keyfile", "", "client key for an external etcd")
+	f.StringVarP(&cfg.WriteKubeconfig, "write-kubeconfig", "o", cfg.WriteKubeconfig, "where to write the admin kubeconfig")
+	f.StringVar(&cfg.WriteKubeconfigMode, "write-kubeconfig-mode", cfg.WriteKubeconfigMode, "file mode of the admin kubeconfig, in octal")
+	f.StringArrayVar(&cfg.KubeAPIServerArgs, "kube-apiserver-arg", nil, "extra flag for kube-apiserver, as key=value (repeatable)")
+	f.StringArrayVar(&cfg.KubeControllerManagerArgs, "kube-controller-manager-arg", nil, "extra flag for kube-controller-manager, as key=value (repeatable)")
+	f.StringArrayVar(&cfg.KubeSchedulerArgs, "kube-scheduler-arg", nil, "extra flag for kube-scheduler, as key=value (repeatable)")
+	return cmd
+}
+
+func firstEnv(names ...string) string {
+	for _, n := range names {
+		if v := os.Getenv(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}

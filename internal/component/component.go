@@ -1,0 +1,87 @@
+// Package component runs a server as an ordered list of components that share
+// one lifecycle: every component is initialised first (cheap checks that must
+// fail before anything is written), then each is started and awaited in order,
+// and they are stopped in reverse.
+package component
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"k8s.io/klog/v2"
+)
+
+// Component is one part of a server.
+type Component interface {
+	// Name is used in logs and errors.
+	Name() string
+	// Init validates configuration and claims resources (ports, directories)
+	// without writing state, so bad input fails before anything changes.
+	Init(ctx context.Context) error
+	// Start launches the component; it must not block on long work.
+	Start(ctx context.Context) error
+	// Ready blocks until the component serves, fails, or ctx ends.
+	Ready(ctx context.Context) error
+	// Stop releases everything Start acquired; it is safe to call after a failed Start.
+	Stop() error
+}
+
+// Manager runs components in order.
+type Manager struct {
+	components []Component
+	started    []Component
+}
+
+// NewManager returns a manager for the given components, in start order.
+func NewManager(components ...Component) *Manager {
+	return &Manager{components: components}
+}
+
+// Start initialises every component, then starts each and waits until it is ready
+// before starting the next. On failure, what was started is stopped again.
+func (m *Manager) Start(ctx context.Context) error {
+	for _, c := range m.components {
+		if err := c.Init(ctx); err != nil {
+			m.Stop()
+			return fmt.Errorf("%s: %w", c.Name(), err)
+		}
+	}
+	for _, c := range m.components {
+		klog.Infof("starting %s", c.Name())
+		m.started = append(m.started, c)
+		if err := c.Start(ctx); err != nil {
+			m.Stop()
+			return fmt.Errorf("starting %s: %w", c.Name(), err)
+		}
+		if err := c.Ready(ctx); err != nil {
+			m.Stop()
+			if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
+				return fmt.Errorf("interrupted while waiting for %s", c.Name())
+			}
+			return fmt.Errorf("waiting for %s: %w", c.Name(), err)
+		}
+		klog.V(1).Infof("component %s is ready", c.Name())
+	}
+	return nil
+}
+
+// Stop stops started components in reverse order, and releases resources that
+// Init claimed on components that never started.
+func (m *Manager) Stop() {
+	started := map[Component]bool{}
+	for i := len(m.started) - 1; i >= 0; i-- {
+		c := m.started[i]
+		started[c] = true
+		klog.Infof("stopping %s", c.Name())
+		if err := c.Stop(); err != nil {
+			klog.Errorf("stopping %s: %v", c.Name(), err)
+		}
+	}
+	for _, c := range m.components {
+		if !started[c] {
+			_ = c.Stop()
+		}
+	}
+	m.started = nil
+}

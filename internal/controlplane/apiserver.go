@@ -1,0 +1,195 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/rest"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/pki"
+)
+
+// APIServerConfig configures kube-apiserver.
+type APIServerConfig struct {
+	TLSDir pki.Dir
+	// StateDir holds files the apiserver writes itself.
+	StateDir string
+	// Port is the loopback port the apiserver listens on; the supervisor fronts it.
+	Port          int
+	AdvertiseIP   net.IP
+	ServiceCIDR   string
+	NodePortRange string
+	ClusterDomain string
+	Datastore     datastore.Datastore
+	// ExtraArgs are passed through verbatim (--kube-apiserver-arg), last so they win.
+	ExtraArgs []string
+}
+
+// APIServer is the kube-apiserver component.
+type APIServer struct {
+	cfg APIServerConfig
+	run runner
+}
+
+// NewAPIServer returns the kube-apiserver component.
+func NewAPIServer(cfg APIServerConfig) *APIServer { return &APIServer{cfg: cfg} }
+
+// Name implements component.Component.
+func (a *APIServer) Name() string { return "kube-apiserver" }
+
+// URL is where the apiserver listens.
+func (a *APIServer) URL() string { return "https://127.0.0.1:" + strconv.Itoa(a.cfg.Port) }
+
+// Init checks that the loopback port is free.
+func (a *APIServer) Init(context.Context) error {
+	return CheckPortFree("127.0.0.1", a.cfg.Port, "the internal apiserver port (--https-listen-port + 1)")
+}
+
+func (a *APIServer) args() []string {
+	t := a.cfg.TLSDir
+	ep := a.cfg.Datastore.Endpoint()
+	args := []string{
+		"--advertise-address=" + a.cfg.AdvertiseIP.String(),
+		"--allow-privileged=true",
+		"--anonymous-auth=false",
+		"--authorization-mode=Node,RBAC",
+		"--bind-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(a.cfg.Port),
+		"--cert-dir=" + filepath.Join(a.cfg.StateDir, "tls", "temporary-certs"),
+		"--client-ca-file=" + t.Cert(pki.ClientCA),
+		"--enable-admission-plugins=NodeRestriction",
+		"--etcd-servers=" + strings.Join(ep.URLs, ","),
+		"--kubelet-certificate-authority=" + t.Cert(pki.ServerCA),
+		"--kubelet-client-certificate=" + t.Cert(KubeletClient),
+		"--kubelet-client-key=" + t.Key(KubeletClient),
+		"--profiling=false",
+		"--proxy-client-cert-file=" + t.Cert(AuthProxyCert),
+		"--proxy-client-key-file=" + t.Key(AuthProxyCert),
+		"--requestheader-allowed-names=" + AuthProxyUser,
+		"--requestheader-client-ca-file=" + t.Cert(pki.RequestHeaderCA),
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-username-headers=X-Remote-User",
+		// Bounds the HTTP shutdown to 2s; otherwise open watches hold it for the request timeout (60s).
+		"--shutdown-send-retry-after=true",
+		"--service-account-issuer=https://kubernetes.default.svc." + a.cfg.ClusterDomain,
+		"--service-account-key-file=" + t.Path(pki.ServiceKey),
+		"--service-account-signing-key-file=" + t.Path(pki.ServiceKey),
+		"--service-cluster-ip-range=" + a.cfg.ServiceCIDR,
+		"--service-node-port-range=" + a.cfg.NodePortRange,
+		"--storage-backend=etcd3",
+		"--tls-cert-file=" + t.Cert(ServingCert),
+		"--tls-private-key-file=" + t.Key(ServingCert),
+	}
+	if ep.CAFile != "" {
+		args = append(args, "--etcd-cafile="+ep.CAFile)
+	}
+	if ep.CertFile != "" {
+		args = append(args, "--etcd-certfile="+ep.CertFile, "--etcd-keyfile="+ep.KeyFile)
+	}
+	return append(args, a.cfg.ExtraArgs...)
+}
+
+// Start runs the apiserver in the background.
+func (a *APIServer) Start(context.Context) error {
+	s := options.NewServerRunOptions()
+	if err := parseFlags("kube-apiserver", s.Flags(), a.args()); err != nil {
+		return err
+	}
+	if err := s.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	// Silence client-go warnings on the loopback client, as upstream's binary does.
+	rest.SetDefaultWarningHandler(rest.NoWarnings{})
+	a.run.start(func(ctx context.Context) error {
+		completed, err := s.Complete(ctx)
+		if err != nil {
+			return err
+		}
+		if errs := completed.Validate(); len(errs) != 0 {
+			return utilerrors.NewAggregate(errs)
+		}
+		return app.Run(ctx, completed)
+	})
+	return nil
+}
+
+// Ready waits until /readyz answers ok.
+func (a *APIServer) Ready(ctx context.Context) error {
+	client, err := a.adminHTTPClient()
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-a.run.done:
+			return fmt.Errorf("kube-apiserver exited: %w", a.run.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		resp, err := client.Get(a.URL() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+	}
+}
+
+func (a *APIServer) adminHTTPClient() (*http.Client, error) {
+	t := a.cfg.TLSDir
+	cert, err := tls.LoadX509KeyPair(t.Cert(AdminCert), t.Key(AdminCert))
+	if err != nil {
+		return nil, err
+	}
+	ca, err := pki.PoolFromFile(t.Cert(pki.ServerCA))
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs: ca, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		}},
+	}, nil
+}
+
+// Exited is closed if the apiserver stops; Err then says why.
+func (a *APIServer) Exited() <-chan struct{} { return a.run.done }
+
+// Err is why the apiserver stopped, once Exited is closed.
+func (a *APIServer) Err() error { return a.run.err }
+
+// Stop shuts the apiserver down gracefully.
+func (a *APIServer) Stop() error {
+	if a.run.cancel == nil {
+		return nil
+	}
+	a.run.cancel()
+	a.run.cancel = nil
+	select {
+	case <-a.run.done:
+		if err := a.run.err; err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	case <-time.After(30 * time.Second):
+		return errors.New("kube-apiserver did not stop within 30s")
+	}
+	return nil
+}

@@ -1,0 +1,87 @@
+// Package datastore is the one seam between the control plane and where its state
+// lives. Every datastore, embedded or external, ends up as an etcd v3 API endpoint
+// plus the TLS files to reach it; the control plane never knows which kind it got.
+package datastore
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/hakube/hakube/internal/component"
+)
+
+// Kind names a datastore implementation.
+type Kind string
+
+// Datastore kinds.
+const (
+	SQLite       Kind = "sqlite"
+	Etcd         Kind = "etcd"
+	ExternalSQL  Kind = "external-sql"
+	ExternalEtcd Kind = "external-etcd"
+)
+
+// Endpoint is how to reach a datastore through the etcd v3 API.
+type Endpoint struct {
+	URLs []string
+	// TLS client files; empty when the endpoint needs no TLS (a private unix socket).
+	CAFile, CertFile, KeyFile string
+}
+
+// Datastore is a component that serves the etcd v3 API.
+type Datastore interface {
+	component.Component
+	Kind() Kind
+	// Endpoint is valid once the datastore is ready.
+	Endpoint() Endpoint
+}
+
+// Client returns an etcd client for ep. The caller closes it.
+func Client(ep Endpoint) (*clientv3.Client, error) {
+	var tlsCfg *tls.Config
+	if ep.CertFile != "" || ep.CAFile != "" {
+		info := transport.TLSInfo{TrustedCAFile: ep.CAFile, CertFile: ep.CertFile, KeyFile: ep.KeyFile}
+		c, err := info.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("datastore TLS: %w", err)
+		}
+		tlsCfg = c
+	}
+	return clientv3.New(clientv3.Config{
+		Endpoints:   ep.URLs,
+		TLS:         tlsCfg,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+}
+
+// WaitReachable polls ep until a read succeeds, ctx ends, or timeout passes.
+func WaitReachable(ctx context.Context, ep Endpoint, timeout time.Duration) error {
+	cli, err := Client(ep)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, last = cli.Get(rctx, "/hakube/ping", clientv3.WithCountOnly())
+		rcancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("datastore at %v did not answer within %s: %w", ep.URLs, timeout, last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

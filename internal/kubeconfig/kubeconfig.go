@@ -1,0 +1,54 @@
+// Package kubeconfig writes kubeconfig files for the admin and the control-plane
+// components.
+package kubeconfig
+
+import (
+	"os"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/hakube/hakube/internal/fsutil"
+)
+
+// Config describes one kubeconfig.
+type Config struct {
+	Server   string // https://host:port
+	CAFile   string
+	CertFile string
+	KeyFile  string
+	// Embed puts the certificate data in the file itself, so it can be copied elsewhere.
+	Embed bool
+}
+
+// Write writes c to path atomically with the given mode.
+func Write(path string, c Config, mode os.FileMode) error {
+	cluster := &clientcmdapi.Cluster{Server: c.Server}
+	user := &clientcmdapi.AuthInfo{}
+	if c.Embed {
+		var err error
+		if cluster.CertificateAuthorityData, err = os.ReadFile(c.CAFile); err != nil {
+			return err
+		}
+		if user.ClientCertificateData, err = os.ReadFile(c.CertFile); err != nil {
+			return err
+		}
+		if user.ClientKeyData, err = os.ReadFile(c.KeyFile); err != nil {
+			return err
+		}
+	} else {
+		cluster.CertificateAuthority = c.CAFile
+		user.ClientCertificate = c.CertFile
+		user.ClientKey = c.KeyFile
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["default"] = cluster
+	cfg.AuthInfos["default"] = user
+	cfg.Contexts["default"] = &clientcmdapi.Context{Cluster: "default", AuthInfo: "default"}
+	cfg.CurrentContext = "default"
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFile(path, data, mode)
+}

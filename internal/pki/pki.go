@@ -1,0 +1,254 @@
+// Package pki creates and loads the cluster's certificate authorities and mints
+// the leaf certificates each server needs. CAs are shared cluster-wide (they travel
+// in the bootstrap data); leaf certificates are always minted locally.
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"time"
+
+	"github.com/hakube/hakube/internal/fsutil"
+)
+
+const (
+	caValidity   = 10 * 365 * 24 * time.Hour
+	leafValidity = 365 * 24 * time.Hour
+	// backdate tolerates clock skew between servers.
+	backdate = time.Hour
+)
+
+// CA is a certificate authority with its signing key.
+type CA struct {
+	Cert    *x509.Certificate
+	Key     crypto.Signer
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// NewCA creates a self-signed CA named cn.
+func NewCA(cn string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: fmt.Sprintf("%s@%d", cn, now.Unix())},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(caValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := EncodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM)
+}
+
+// ParseCA parses a PEM certificate and key and checks that they belong together.
+func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
+	cert, err := ParseCert(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("certificate %q is not a CA", cert.Subject.CommonName)
+	}
+	key, err := ParseKey(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+		return nil, fmt.Errorf("key does not match CA certificate %q", cert.Subject.CommonName)
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: certPEM, KeyPEM: keyPEM}, nil
+}
+
+// LoadCA reads a CA from its certificate and key files.
+func LoadCA(certFile, keyFile string) (*CA, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := ParseCA(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", certFile, err)
+	}
+	return ca, nil
+}
+
+// Usage says what a leaf certificate is for.
+type Usage int
+
+// Leaf certificate usages.
+const (
+	ServerAuth Usage = 1 << iota
+	ClientAuth
+)
+
+// Leaf describes a certificate to mint.
+type Leaf struct {
+	CommonName   string
+	Organization []string
+	DNSNames     []string
+	IPs          []net.IP
+	Usage        Usage
+}
+
+// Issue mints a new key and a certificate for it signed by ca, both PEM encoded.
+func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	var eku []x509.ExtKeyUsage
+	if l.Usage&ServerAuth != 0 {
+		eku = append(eku, x509.ExtKeyUsageServerAuth)
+	}
+	if l.Usage&ClientAuth != 0 {
+		eku = append(eku, x509.ExtKeyUsageClientAuth)
+	}
+	if len(eku) == 0 {
+		return nil, nil, errors.New("leaf certificate needs a usage")
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: l.CommonName, Organization: l.Organization},
+		NotBefore:    now.Add(-backdate),
+		NotAfter:     now.Add(leafValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  eku,
+		DNSNames:     l.DNSNames,
+		IPAddresses:  l.IPs,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = EncodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+}
+
+// IssueFiles mints a leaf and writes it to certFile (0644) and keyFile (0600).
+func (ca *CA) IssueFiles(l Leaf, certFile, keyFile string) error {
+	certPEM, keyPEM, err := ca.Issue(l)
+	if err != nil {
+		return fmt.Errorf("issuing %s: %w", l.CommonName, err)
+	}
+	if err := fsutil.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return fsutil.WriteFile(certFile, certPEM, 0o644)
+}
+
+// NewSigningKey returns a PEM-encoded private key, used for service-account
+// tokens. It is SEC 1 ("EC PRIVATE KEY"): the apiserver's public-key reader does
+// not accept PKCS#8.
+func NewSigningKey() ([]byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+// EncodeKey PEM-encodes a private key in PKCS#8.
+func EncodeKey(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseKey parses a PEM private key (PKCS#8, PKCS#1 or SEC 1).
+func ParseKey(keyPEM []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(keyPEM)
+	if block == nil {
+		return nil, errors.New("no PEM private key found")
+	}
+	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
+		if s, ok := k.(crypto.Signer); ok {
+			return s, nil
+		}
+		return nil, errors.New("private key cannot sign")
+	}
+	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	return nil, errors.New("unsupported private key format")
+}
+
+// ParseCert parses the first PEM certificate in data.
+func ParseCert(data []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("no PEM certificate found")
+	}
+	return x509.ParseCertificate(block.Bytes)
+}
+
+// Pool returns a cert pool holding the PEM certificates in data.
+func Pool(data []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, errors.New("no PEM certificate found")
+	}
+	return pool, nil
+}
+
+// PoolFromFile returns a cert pool holding the PEM certificates in file.
+func PoolFromFile(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := Pool(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return pool, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ea.Equal(b)
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}

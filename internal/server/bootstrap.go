@@ -1,0 +1,141 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/bootstrap"
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/token"
+)
+
+// clusterBootstrap makes the local TLS directory agree with the cluster's shared
+// material in the datastore (creating it for a new cluster), checks the token
+// against it, and then mints this server's own certificates.
+type clusterBootstrap struct {
+	ds        datastore.Datastore
+	tlsDir    pki.Dir
+	tok       token.Token
+	tokenPath string
+	critical  bootstrap.Critical
+	// afterShared runs once the CAs are in place: minting leaves, kubeconfigs.
+	afterShared func() error
+}
+
+func (b *clusterBootstrap) Name() string { return "cluster bootstrap" }
+
+func (b *clusterBootstrap) Init(context.Context) error { return nil }
+
+func (b *clusterBootstrap) Start(ctx context.Context) error {
+	cli, err := datastore.Client(b.ds.Endpoint())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+
+	data, found, err := bootstrap.Load(ctx, cli, b.tok.Secret)
+	if err != nil {
+		return err
+	}
+	if !found {
+		data, err = b.create(ctx, cli)
+		if err != nil {
+			return err
+		}
+	}
+	if m := b.critical.Mismatches(data.Critical); len(m) > 0 {
+		return bootstrap.MismatchError(m)
+	}
+	changed, err := b.tlsDir.WriteShared(data.Files)
+	if err != nil {
+		return fmt.Errorf("writing the cluster's CAs: %w", err)
+	}
+	if len(changed) > 0 && found {
+		klog.Infof("restored cluster certificates from the datastore: %s", strings.Join(changed, ", "))
+	}
+	ca := data.Files[pki.ServerCA+".crt"]
+	if b.tok.CAHash != "" && b.tok.CAHash != token.HashCA(ca) {
+		return errors.New("the token's CA hash does not match this cluster's server CA; " +
+			"the token belongs to another cluster, or was mistyped")
+	}
+	if err := fsutil.WriteFile(b.tokenPath, []byte(b.tok.WithCA(ca).String()+"\n"), 0o600); err != nil {
+		return err
+	}
+	return b.afterShared()
+}
+
+// create stores the local CAs (generated if absent) as the cluster's; if another
+// server got there first, its data wins.
+func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstrap.Data, error) {
+	if err := b.tlsDir.EnsureCAs(); err != nil {
+		return bootstrap.Data{}, err
+	}
+	files, err := b.tlsDir.ReadShared()
+	if err != nil {
+		return bootstrap.Data{}, err
+	}
+	data := bootstrap.Data{Files: files, Critical: b.critical}
+	created, err := bootstrap.Create(ctx, cli, b.tok.Secret, data)
+	if err != nil {
+		return bootstrap.Data{}, err
+	}
+	if created {
+		klog.Infof("stored the cluster's bootstrap data in the datastore")
+		return data, nil
+	}
+	data, _, err = bootstrap.Load(ctx, cli, b.tok.Secret)
+	return data, err
+}
+
+func (b *clusterBootstrap) Ready(context.Context) error { return nil }
+func (b *clusterBootstrap) Stop() error                 { return nil }
+
+// resolveToken picks the token: the one given, else the one stored in the data
+// dir, else a new random one. A given token must match the stored one.
+func resolveToken(c Config) (token.Token, error) {
+	given := c.Token
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return token.Token{}, fmt.Errorf("--token-file: %w", err)
+		}
+		given = string(b)
+	}
+	var stored *token.Token
+	path := TokenPath(c.DataDir)
+	if b, err := os.ReadFile(path); err == nil {
+		t, err := token.Parse(string(b))
+		if err != nil {
+			return token.Token{}, fmt.Errorf("the token stored in %s is malformed (%v); restore it or remove it and pass --token", path, err)
+		}
+		stored = &t
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return token.Token{}, err
+	}
+	if given == "" {
+		if stored != nil {
+			return *stored, nil
+		}
+		return token.Random(), nil
+	}
+	t, err := token.Parse(given)
+	if err != nil {
+		return token.Token{}, fmt.Errorf("malformed token: %w", err)
+	}
+	if stored != nil && stored.Secret != t.Secret {
+		return token.Token{}, fmt.Errorf("the token given differs from the one this server was created with (stored in %s); "+
+			"start it with that token, or with none", path)
+	}
+	return t, nil
+}

@@ -1,0 +1,163 @@
+// Package server assembles a hakube server from its components and runs it.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/hakube/hakube/internal/datastore/external"
+	"github.com/hakube/hakube/internal/datastore/kine"
+	"github.com/hakube/hakube/internal/token"
+)
+
+// Config is what a user chooses for a server, as flags. Validate it, then Run.
+type Config struct {
+	DataDir          string
+	NodeName         string
+	NodeIP           string
+	AdvertiseAddress string
+	BindAddress      string
+	HTTPSPort        int
+	TLSSANs          []string
+	ClusterCIDR      string
+	ServiceCIDR      string
+	ClusterDNS       string
+	ClusterDomain    string
+
+	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
+	Token     string
+	TokenFile string
+
+	DatastoreEndpoint string
+	DatastoreCAFile   string
+	DatastoreCertFile string
+	DatastoreKeyFile  string
+
+	WriteKubeconfig     string
+	WriteKubeconfigMode string
+
+	KubeAPIServerArgs         []string
+	KubeControllerManagerArgs []string
+	KubeSchedulerArgs         []string
+}
+
+// NewConfig returns a Config holding the defaults.
+func NewConfig() Config {
+	return Config{
+		DataDir:             "/var/lib/hakube",
+		BindAddress:         "0.0.0.0",
+		HTTPSPort:           6443,
+		ClusterCIDR:         "10.42.0.0/16",
+		ServiceCIDR:         "10.43.0.0/16",
+		ClusterDNS:          "10.43.0.10",
+		ClusterDomain:       "cluster.local",
+		WriteKubeconfig:     "/etc/hakube/hakube.yaml",
+		WriteKubeconfigMode: "0600",
+	}
+}
+
+// Validate checks every value and says which flag is wrong and how to fix it.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.DataDir == "" {
+		add("--data-dir must not be empty")
+	} else if !filepath.IsAbs(c.DataDir) {
+		add("--data-dir %q must be an absolute path", c.DataDir)
+	}
+	if c.NodeName != "" {
+		if msgs := validation.IsDNS1123Subdomain(c.NodeName); len(msgs) > 0 {
+			add("--node-name %q is not a valid node name: %s", c.NodeName, strings.Join(msgs, "; "))
+		}
+	}
+	for flag, v := range map[string]string{"--node-ip": c.NodeIP, "--advertise-address": c.AdvertiseAddress, "--bind-address": c.BindAddress} {
+		if v != "" && net.ParseIP(v) == nil {
+			add("%s %q is not an IP address", flag, v)
+		}
+	}
+	if c.HTTPSPort < 1 || c.HTTPSPort > 65534 {
+		add("--https-listen-port %d must be between 1 and 65534 (the apiserver uses the next port)", c.HTTPSPort)
+	}
+	_, clusterNet, err := net.ParseCIDR(c.ClusterCIDR)
+	if err != nil {
+		add("--cluster-cidr %q is not a CIDR (for example 10.42.0.0/16)", c.ClusterCIDR)
+	}
+	_, serviceNet, err := net.ParseCIDR(c.ServiceCIDR)
+	if err != nil {
+		add("--service-cidr %q is not a CIDR (for example 10.43.0.0/16)", c.ServiceCIDR)
+	}
+	if clusterNet != nil && serviceNet != nil && (clusterNet.Contains(serviceNet.IP) || serviceNet.Contains(clusterNet.IP)) {
+		add("--cluster-cidr %s and --service-cidr %s overlap; choose ranges that do not", c.ClusterCIDR, c.ServiceCIDR)
+	}
+	if dns := net.ParseIP(c.ClusterDNS); dns == nil {
+		add("--cluster-dns %q is not an IP address", c.ClusterDNS)
+	} else if serviceNet != nil && !serviceNet.Contains(dns) {
+		add("--cluster-dns %s is outside --service-cidr %s", c.ClusterDNS, c.ServiceCIDR)
+	}
+	if msgs := validation.IsDNS1123Subdomain(c.ClusterDomain); len(msgs) > 0 {
+		add("--cluster-domain %q is not a valid domain: %s", c.ClusterDomain, strings.Join(msgs, "; "))
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		add("--token and --token-file both given; use one")
+	}
+	if c.Token != "" {
+		if _, err := token.Parse(c.Token); err != nil {
+			add("malformed token: %v", err)
+		}
+	}
+	if _, err := parseMode(c.WriteKubeconfigMode); err != nil {
+		add("--write-kubeconfig-mode: %v", err)
+	}
+	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
+		add("--write-kubeconfig %q must be an absolute path", c.WriteKubeconfig)
+	}
+	if err := c.validateDatastore(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) validateDatastore() error {
+	ep := c.DatastoreEndpoint
+	switch {
+	case ep == "":
+		if c.DatastoreCAFile != "" || c.DatastoreCertFile != "" || c.DatastoreKeyFile != "" {
+			return errors.New("--datastore-cafile/certfile/keyfile need --datastore-endpoint")
+		}
+		return nil
+	case external.IsEtcdURL(ep):
+		return c.etcdConfig().Validate()
+	default:
+		return kine.ValidateURL(ep)
+	}
+}
+
+func (c Config) etcdConfig() external.Config {
+	return external.Config{Endpoints: c.DatastoreEndpoint, CAFile: c.DatastoreCAFile, CertFile: c.DatastoreCertFile, KeyFile: c.DatastoreKeyFile}
+}
+
+func parseMode(s string) (os.FileMode, error) {
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("%q is not an octal file mode such as 0600 or 0644", s)
+	}
+	return os.FileMode(m), nil
+}
+
+// serverDir is <data-dir>/server.
+func (c Config) serverDir() string { return filepath.Join(c.DataDir, "server") }
+
+// TokenPath is where the server keeps its token.
+func TokenPath(dataDir string) string { return filepath.Join(dataDir, "server", "token") }
+
+// AdminKubeconfigPath is the admin kubeconfig every server keeps in its data dir.
+func AdminKubeconfigPath(dataDir string) string {
+	return filepath.Join(dataDir, "server", "cred", "admin.kubeconfig")
+}

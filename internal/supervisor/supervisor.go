@@ -1,0 +1,208 @@
+// Package supervisor serves the cluster's own HTTPS endpoints (/cacerts, /ping,
+// and the join API) on the public port and proxies everything else to the
+// apiserver, so one address serves both.
+package supervisor
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/pki"
+)
+
+// Config configures the supervisor.
+type Config struct {
+	BindAddress string
+	Port        int
+	// ServerCAFile is served at /cacerts and trusted for the apiserver.
+	ServerCAFile string
+	// CertFile and KeyFile are the serving certificate.
+	CertFile, KeyFile string
+	// ClientCAFile verifies client certificates, which are forwarded as identities.
+	ClientCAFile string
+	// ProxyCertFile and ProxyKeyFile authenticate the supervisor to the apiserver
+	// as the request-header front proxy.
+	ProxyCertFile, ProxyKeyFile string
+	// APIServerURL is where the apiserver listens.
+	APIServerURL string
+}
+
+// Supervisor is the public HTTPS endpoint.
+type Supervisor struct {
+	cfg      Config
+	mux      *http.ServeMux
+	listener net.Listener
+	server   *http.Server
+}
+
+// New returns a supervisor; add handlers with Handle before Start.
+func New(cfg Config) *Supervisor {
+	s := &Supervisor{cfg: cfg, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("pong"))
+	})
+	s.mux.HandleFunc("GET /cacerts", s.caCerts)
+	return s
+}
+
+// Handle registers a handler for one of the cluster's own endpoints.
+func (s *Supervisor) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Name implements component.Component.
+func (s *Supervisor) Name() string { return "supervisor" }
+
+// Addr is the listening address, valid after Init.
+func (s *Supervisor) Addr() string { return s.listener.Addr().String() }
+
+// Init claims the public port, so a port in use fails before anything is written.
+func (s *Supervisor) Init(context.Context) error {
+	addr := net.JoinHostPort(s.cfg.BindAddress, strconv.Itoa(s.cfg.Port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		var errno *os.SyscallError
+		if errors.As(err, &errno) {
+			err = errno.Err
+		}
+		return fmt.Errorf("cannot listen on %s (%v); stop whatever uses the port or choose another --https-listen-port / --bind-address", addr, err)
+	}
+	s.listener = l
+	return nil
+}
+
+// Start serves HTTPS.
+func (s *Supervisor) Start(context.Context) error {
+	cert, err := tls.LoadX509KeyPair(s.cfg.CertFile, s.cfg.KeyFile)
+	if err != nil {
+		return err
+	}
+	clientCAs, err := pki.PoolFromFile(s.cfg.ClientCAFile)
+	if err != nil {
+		return err
+	}
+	proxy, err := s.apiserverProxy()
+	if err != nil {
+		return err
+	}
+	s.mux.Handle("/", proxy)
+	s.server = &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 30 * time.Second,
+		TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			ClientCAs:    clientCAs,
+			// Certificates are optional: joiners and token-authenticated clients have none.
+			ClientAuth: tls.VerifyClientCertIfGiven,
+			MinVersion: tls.VersionTLS12,
+			NextProtos: []string{"h2", "http/1.1"},
+		},
+	}
+	l := tls.NewListener(s.listener, s.server.TLSConfig)
+	go func() {
+		if err := s.server.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.Errorf("supervisor stopped serving: %v", err)
+		}
+	}()
+	return nil
+}
+
+// Ready implements component.Component; the listener is already open.
+func (s *Supervisor) Ready(context.Context) error { return nil }
+
+// Stop closes the listener and waits briefly for requests in flight.
+func (s *Supervisor) Stop() error {
+	if s.server == nil {
+		if s.listener != nil {
+			_ = s.listener.Close()
+			s.listener = nil
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.server.Shutdown(ctx)
+	s.server = nil
+	if errors.Is(err, context.DeadlineExceeded) {
+		return nil // long-running watches are cut, as a restart would
+	}
+	return err
+}
+
+func (s *Supervisor) caCerts(w http.ResponseWriter, _ *http.Request) {
+	data, err := os.ReadFile(s.cfg.ServerCAFile)
+	if err != nil {
+		http.Error(w, "CA not available", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = w.Write(data)
+}
+
+// apiserverProxy forwards to the apiserver as its request-header front proxy: a
+// client certificate verified here becomes X-Remote-User/Group; any such headers
+// a client sent are dropped so nobody can assert an identity.
+func (s *Supervisor) apiserverProxy() (http.Handler, error) {
+	target, err := url.Parse(s.cfg.APIServerURL)
+	if err != nil {
+		return nil, err
+	}
+	proxyCert, err := tls.LoadX509KeyPair(s.cfg.ProxyCertFile, s.cfg.ProxyKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	rootCAs, err := pki.PoolFromFile(s.cfg.ServerCAFile)
+	if err != nil {
+		return nil, err
+	}
+	transport := &http.Transport{
+		TLSClientConfig: &tls.Config{
+			RootCAs:      rootCAs,
+			Certificates: []tls.Certificate{proxyCert},
+			MinVersion:   tls.VersionTLS12,
+		},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 100,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			r.SetXForwarded()
+			for name := range r.Out.Header {
+				if strings.HasPrefix(strings.ToLower(name), "x-remote-") {
+					r.Out.Header.Del(name)
+				}
+			}
+			if r.In.TLS != nil && len(r.In.TLS.VerifiedChains) > 0 {
+				setIdentity(r.Out.Header, r.In.TLS.VerifiedChains[0][0])
+			}
+		},
+		Transport:     transport,
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			klog.V(2).Infof("proxy to apiserver: %v", err)
+			http.Error(w, "the apiserver is not available yet", http.StatusServiceUnavailable)
+		},
+	}, nil
+}
+
+func setIdentity(h http.Header, cert *x509.Certificate) {
+	h.Del("Authorization")
+	h.Set("X-Remote-User", cert.Subject.CommonName)
+	for _, g := range cert.Subject.Organization {
+		h.Add("X-Remote-Group", g)
+	}
+}
