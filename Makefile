@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/hakube/hakube/internal/version.Version=$(VERSION) \
 BIN := bin/hakube
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build run test unit e2e lint bench clean
+.PHONY: build run test unit e2e lint fuzz clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
@@ -32,6 +32,9 @@ e2e: build
 	HAKUBE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 40m -v ./test/...
 
 test: lint unit e2e
+
+fuzz:
+	go test ./internal/token -run '^$$' -fuzz FuzzParse -fuzztime 60s
 
 clean:
 	rm -rf bin

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 )
 
@@ -135,14 +134,4 @@ func newAEAD(secret string, salt []byte) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
-}
-
-// FileNames returns the sorted names of the files in d.
-func (d Data) FileNames() []string {
-	names := make([]string, 0, len(d.Files))
-	for n := range d.Files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -120,7 +121,8 @@ func resolveToken(c Config) (token.Token, error) {
 			return token.Token{}, fmt.Errorf("the token stored in %s is malformed (%v); restore it or remove it and pass --token", path, err)
 		}
 		stored = &t
-	} else if !errors.Is(err, os.ErrNotExist) {
+	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+		// ENOTDIR: the data dir is unusable, which its own check reports clearly.
 		return token.Token{}, err
 	}
 	if given == "" {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // dataDir prepares the data directory. Init only checks, so a data dir that
@@ -25,7 +26,7 @@ func (d *dataDir) Init(context.Context) error {
 			}
 			break
 		}
-		if !errors.Is(err, fs.ErrNotExist) {
+		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 			return fmt.Errorf("--data-dir %s cannot be used: %w", d.path, err)
 		}
 		existing = filepath.Dir(existing)

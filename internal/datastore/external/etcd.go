@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -77,8 +78,27 @@ func (e *Etcd) Endpoint() datastore.Endpoint {
 	}
 }
 
-// Init implements component.Component.
-func (e *Etcd) Init(context.Context) error { return e.cfg.Validate() }
+// Init validates the configuration and checks that some member's address
+// answers, so an unreachable cluster fails before anything is written.
+func (e *Etcd) Init(ctx context.Context) error {
+	if err := e.cfg.Validate(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, raw := range strings.Split(e.cfg.Endpoints, ",") {
+		u, _ := url.Parse(raw)
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "2379")
+		}
+		conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", host)
+		if err == nil {
+			return conn.Close()
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("cannot reach any etcd endpoint of --datastore-endpoint (%w); check the addresses and that etcd is running", errors.Join(errs...))
+}
 
 // Start implements component.Component; the cluster runs elsewhere.
 func (e *Etcd) Start(context.Context) error { return nil }

@@ -1,0 +1,118 @@
+package integration
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hakube/hakube/test/harness"
+)
+
+// TestBadInput: each case exits non-zero, says what is wrong, and leaves no
+// data dir behind.
+func TestBadInput(t *testing.T) {
+	closedPort := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		return strconv.Itoa(p)
+	}
+	busy, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := strconv.Itoa(busy.Addr().(*net.TCPAddr).Port)
+	// The apiserver's loopback port is the listen port + 1.
+	busyInternal, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busyInternal.Close()
+	belowBusyInternal := strconv.Itoa(busyInternal.Addr().(*net.TCPAddr).Port - 1)
+
+	fileAsParent := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(fileAsParent, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
+		{"data dir under a file", []string{"--data-dir", filepath.Join(fileAsParent, "data")}, "is not a directory"},
+		{"relative data dir", []string{"--data-dir", "relative/dir"}, "must be an absolute path"},
+		{"port in use", []string{"--https-listen-port", busyPort}, "address already in use"},
+		{"internal port in use", []string{"--https-listen-port", belowBusyInternal}, "internal apiserver port"},
+		{"malformed full token", []string{"--token", "K10abc::server:secret"}, "malformed token"},
+		{"token with spaces", []string{"--token", "two words"}, "malformed token"},
+		{"token file missing", []string{"--token-file", "/nonexistent/token"}, "--token-file"},
+		{"unsupported datastore scheme", []string{"--datastore-endpoint", "redis://localhost:6379"}, "unsupported datastore endpoint scheme"},
+		{"datastore without host", []string{"--datastore-endpoint", "postgres:///kube"}, "has no host"},
+		{"bad etcd endpoint", []string{"--datastore-endpoint", "https://etcd:2379/path"}, "malformed etcd endpoint"},
+		{"unreachable postgres", []string{"--datastore-endpoint", "postgres://u:p@127.0.0.1:" + closedPort() + "/kube"}, "cannot reach the datastore"},
+		{"unreachable etcd", []string{"--datastore-endpoint", "https://127.0.0.1:" + closedPort()}, "cannot reach any etcd endpoint"},
+		{"bad service cidr", []string{"--service-cidr", "10.43.0.0/99"}, "--service-cidr"},
+		{"dns outside service cidr", []string{"--cluster-dns", "192.168.1.10"}, "outside --service-cidr"},
+		{"overlapping cidrs", []string{"--cluster-cidr", "10.43.0.0/16"}, "overlap"},
+		{"bad kubeconfig mode", []string{"--write-kubeconfig-mode", "rw"}, "octal"},
+		{"bad node ip", []string{"--node-ip", "not-an-ip"}, "--node-ip"},
+		{"stray argument", []string{"extra"}, "unknown command"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			dataDir := filepath.Join(dir, "data")
+			args := []string{"server", "--data-dir", dataDir, "--write-kubeconfig", filepath.Join(dir, "kubeconfig"),
+				"--https-listen-port", strconv.Itoa(harness.FreePortPair(t))}
+			args = append(args, tc.args...)
+			began := time.Now()
+			out, code := harness.RunHakube(t, nil, args...)
+			if code == 0 {
+				t.Fatalf("exit code 0, want failure; output:\n%s", out)
+			}
+			if !strings.Contains(out, tc.want) {
+				t.Fatalf("output does not say %q:\n%s", tc.want, out)
+			}
+			if !strings.Contains(out, "hakube: error:") {
+				t.Fatalf("no error line in output:\n%s", out)
+			}
+			if _, err := os.Stat(dataDir); err == nil {
+				t.Fatalf("data dir %s was created by a failed start", dataDir)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "kubeconfig")); err == nil {
+				t.Fatal("kubeconfig was written by a failed start")
+			}
+			if d := time.Since(began); d > 30*time.Second {
+				t.Fatalf("took %s to fail", d)
+			}
+		})
+	}
+}
+
+// TestEmbeddedKubectlAndHelp covers the thin CLI: help, version and the embedded kubectl.
+func TestEmbeddedKubectlAndHelp(t *testing.T) {
+	out, code := harness.RunHakube(t, nil, "--version")
+	if code != 0 || !strings.Contains(out, "hakube version") || !strings.Contains(out, "kubernetes v1.37") {
+		t.Fatalf("--version: %d %s", code, out)
+	}
+	out, code = harness.RunHakube(t, nil, "server", "--help")
+	if code != 0 || !strings.Contains(out, "--datastore-endpoint") || !strings.Contains(out, "K3S_TOKEN") {
+		t.Fatalf("server --help: %d %s", code, out)
+	}
+	s := harness.NewServer(t, "server")
+	s.Start()
+	out, code = harness.RunHakube(t, nil, "kubectl", "--kubeconfig", s.Kubeconfig, "get", "namespace", "kube-system", "-o", "name")
+	if code != 0 || strings.TrimSpace(out) != "namespace/kube-system" {
+		t.Fatalf("hakube kubectl: %d %s", code, out)
+	}
+}

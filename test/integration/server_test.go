@@ -1,0 +1,325 @@
+// Package integration runs a real hakube server process on loopback and drives
+// it with client-go and the real kubectl.
+package integration
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/token"
+	"github.com/hakube/hakube/test/harness"
+)
+
+func TestSingleServerLifecycle(t *testing.T) {
+	s := harness.NewServer(t, "server")
+	began := time.Now()
+	s.Start()
+	t.Logf("FIGURE ready_seconds=%.1f", time.Since(began).Seconds())
+	ctx := context.Background()
+	cs := s.Client()
+
+	// client-go: create, read, update, delete.
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm-keep"}, Data: map[string]string{"k": "v1"}}
+	if _, err := cs.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cs.CoreV1().ConfigMaps("default").Get(ctx, "cm-keep", metav1.GetOptions{})
+	if err != nil || got.Data["k"] != "v1" {
+		t.Fatalf("get configmap: %v %v", got, err)
+	}
+	got.Data["k"] = "v2"
+	if _, err := cs.CoreV1().ConfigMaps("default").Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A stale resourceVersion must conflict.
+	got.Data["k"] = "v3"
+	if _, err := cs.CoreV1().ConfigMaps("default").Update(ctx, got, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+		t.Fatalf("update with stale resourceVersion: want conflict, got %v", err)
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec-keep"}, StringData: map[string]string{"password": "hunter2"}}
+	if _, err := cs.CoreV1().Secrets("default").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	gone := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec-gone"}}
+	if _, err := cs.CoreV1().Secrets("default").Create(ctx, gone, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CoreV1().Secrets("default").Delete(ctx, "sec-gone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	replicas := int32(2)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "nginx"}}},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments("default").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkControllersAndScheduler(t, cs)
+
+	// The real kubectl: create, read, update, delete.
+	mustKubectl(t, s, "create", "configmap", "kc-keep", "--from-literal=a=1")
+	mustKubectl(t, s, "patch", "configmap", "kc-keep", "-p", `{"data":{"a":"2"}}`)
+	if out := mustKubectl(t, s, "get", "configmap", "kc-keep", "-o", "jsonpath={.data.a}"); out != "2" {
+		t.Fatalf("kubectl get after patch = %q", out)
+	}
+	mustKubectl(t, s, "create", "secret", "generic", "kc-secret", "--from-literal=token=abc")
+	mustKubectl(t, s, "create", "configmap", "kc-gone")
+	mustKubectl(t, s, "delete", "configmap", "kc-gone")
+	mustKubectl(t, s, "scale", "deployment", "web", "--replicas=3")
+	if out := mustKubectl(t, s, "get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"); out != "3" {
+		t.Fatalf("replicas after kubectl scale = %q", out)
+	}
+
+	checkAuth(t, s)
+	checkFiles(t, s)
+
+	// Restart: every object is still there, deleted ones stay gone.
+	if code := s.Stop(); code != 0 {
+		t.Fatalf("SIGTERM exit code %d, want 0", code)
+	}
+	began = time.Now()
+	s.Start()
+	t.Logf("FIGURE restart_ready_seconds=%.1f", time.Since(began).Seconds())
+	cs = s.Client()
+	if c, err := cs.CoreV1().ConfigMaps("default").Get(ctx, "cm-keep", metav1.GetOptions{}); err != nil || c.Data["k"] != "v2" {
+		t.Fatalf("cm-keep after restart: %v %v", c, err)
+	}
+	if sc, err := cs.CoreV1().Secrets("default").Get(ctx, "sec-keep", metav1.GetOptions{}); err != nil || string(sc.Data["password"]) != "hunter2" {
+		t.Fatalf("sec-keep after restart: %v", err)
+	}
+	if _, err := cs.CoreV1().Secrets("default").Get(ctx, "sec-gone", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("sec-gone after restart: want NotFound, got %v", err)
+	}
+	if out := mustKubectl(t, s, "get", "configmap", "kc-keep", "-o", "jsonpath={.data.a}"); out != "2" {
+		t.Fatalf("kc-keep after restart = %q", out)
+	}
+	if _, err := s.Kubectl("get", "configmap", "kc-gone"); err == nil {
+		t.Fatal("kc-gone exists after restart")
+	}
+	if out := mustKubectl(t, s, "get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"); out != "3" {
+		t.Fatalf("deployment after restart: replicas %q", out)
+	}
+	mustKubectl(t, s, "get", "secret", "kc-secret")
+
+	// A restart with another token, or changed critical settings, is refused.
+	s.Stop()
+	out, code := harness.RunHakube(t, nil, s.CommandArgs("--token", "not-the-token")...)
+	if code == 0 || !strings.Contains(out, "differs from the one this server was created with") {
+		t.Fatalf("restart with another token: exit %d, output:\n%s", code, out)
+	}
+	out, code = harness.RunHakube(t, nil, s.CommandArgs("--service-cidr", "10.99.0.0/16", "--cluster-dns", "10.99.0.10")...)
+	if code == 0 || !strings.Contains(out, `--service-cidr is "10.99.0.0/16" here but "10.43.0.0/16" in the cluster`) {
+		t.Fatalf("restart with another service CIDR: exit %d, output:\n%s", code, out)
+	}
+	// Even with the local token file gone, the datastore knows its token.
+	if err := os.Remove(filepath.Join(s.DataDir, "server", "token")); err != nil {
+		t.Fatal(err)
+	}
+	out, code = harness.RunHakube(t, nil, s.CommandArgs("--token", "not-the-token")...)
+	if code == 0 || !strings.Contains(out, "the datastore was created with a different token") {
+		t.Fatalf("restart with another token and no token file: exit %d, output:\n%s", code, out)
+	}
+}
+
+// checkControllersAndScheduler proves the controller manager (deployment →
+// replica set → pods) and the scheduler (pods bound to a registered node) run.
+func checkControllersAndScheduler(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "fake-node"},
+		Status: corev1.NodeStatus{
+			Capacity:    corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("8Gi"), corev1.ResourcePods: resource.MustParse("110")},
+			Allocatable: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("8Gi"), corev1.ResourcePods: resource.MustParse("110")},
+			Conditions:  []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
+		},
+	}
+	n, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status = node.Status
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return false, err
+		}
+		bound := 0
+		for _, p := range pods.Items {
+			if p.Spec.NodeName == "fake-node" {
+				bound++
+			}
+		}
+		return bound == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("deployment pods were not created and scheduled: %v", err)
+	}
+	if err := cs.CoreV1().Nodes().Delete(ctx, "fake-node", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkAuth: no identity → 401, a forged identity header → 401, a user without
+// RBAC grants → 403, a certificate from another CA → TLS refused.
+func checkAuth(t *testing.T, s *harness.Server) {
+	t.Helper()
+	tlsDir := pki.Dir(filepath.Join(s.DataDir, "server", "tls"))
+	caPEM, err := os.ReadFile(tlsDir.Cert(pki.ServerCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	url := fmt.Sprintf("https://127.0.0.1:%d/api/v1/namespaces/default/secrets", s.Port)
+	get := func(certs []tls.Certificate, header map[string]string) (int, error) {
+		cfg := &tls.Config{RootCAs: roots}
+		if len(certs) > 0 {
+			// Send the certificate whatever CAs the server asks for.
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &certs[0], nil }
+		}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		req, _ := http.NewRequest("GET", url, nil)
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := get(nil, nil); err != nil || code != http.StatusUnauthorized {
+		t.Fatalf("anonymous list secrets: %d %v, want 401", code, err)
+	}
+	if code, err := get(nil, map[string]string{"X-Remote-User": "system:admin", "X-Remote-Group": "system:masters"}); err != nil || code != http.StatusUnauthorized {
+		t.Fatalf("forged X-Remote-User: %d %v, want 401", code, err)
+	}
+	clientCA, err := tlsDir.LoadCA(pki.ClientCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := clientCA.Issue(pki.Leaf{CommonName: "alice", Usage: pki.ClientAuth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, err := get([]tls.Certificate{alice}, nil); err != nil || code != http.StatusForbidden {
+		t.Fatalf("alice (no RBAC grants) list secrets: %d %v, want 403", code, err)
+	}
+	rogueCA, err := pki.NewCA("rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, _ = rogueCA.Issue(pki.Leaf{CommonName: "system:admin", Organization: []string{"system:masters"}, Usage: pki.ClientAuth})
+	rogue, _ := tls.X509KeyPair(certPEM, keyPEM)
+	if code, err := get([]tls.Certificate{rogue}, nil); err == nil {
+		t.Fatalf("certificate from another CA was accepted (HTTP %d)", code)
+	}
+
+	// client-go with only a bearer token that is not valid.
+	cfg := &rest.Config{Host: fmt.Sprintf("https://127.0.0.1:%d", s.Port), BearerToken: "bogus", TLSClientConfig: rest.TLSClientConfig{CAData: caPEM}}
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	if _, err := cs.CoreV1().Secrets("default").List(context.Background(), metav1.ListOptions{}); !apierrors.IsUnauthorized(err) {
+		t.Fatalf("bogus bearer token: want Unauthorized, got %v", err)
+	}
+}
+
+// checkFiles: modes, the token's CA pin, /cacerts and /ping.
+func checkFiles(t *testing.T, s *harness.Server) {
+	t.Helper()
+	modes := map[string]os.FileMode{
+		s.DataDir:                                   0o700,
+		filepath.Join(s.DataDir, "server"):          0o700,
+		filepath.Join(s.DataDir, "server", "token"): 0o600,
+		s.Kubeconfig:                                0o600,
+	}
+	keys, _ := filepath.Glob(filepath.Join(s.DataDir, "server", "tls", "*.key"))
+	etcdKeys, _ := filepath.Glob(filepath.Join(s.DataDir, "server", "tls", "etcd", "*.key"))
+	if len(keys) < 8 || len(etcdKeys) != 2 {
+		t.Fatalf("expected CA and leaf keys, found %v %v", keys, etcdKeys)
+	}
+	for _, k := range append(keys, etcdKeys...) {
+		modes[k] = 0o600
+	}
+	for path, want := range modes {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s has mode %o, want %o", path, fi.Mode().Perm(), want)
+		}
+	}
+	raw, err := os.ReadFile(filepath.Join(s.DataDir, "server", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := token.Parse(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	insecure := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := insecure.Get(fmt.Sprintf("https://127.0.0.1:%d/cacerts", s.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if tok.CAHash == "" || token.HashCA(served) != tok.CAHash {
+		t.Fatalf("token CA hash %q does not pin the served CA (hash %s)", tok.CAHash, token.HashCA(served))
+	}
+	resp, err = insecure.Get(fmt.Sprintf("https://127.0.0.1:%d/ping", s.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "pong" {
+		t.Fatalf("/ping = %q", body)
+	}
+}
+
+func mustKubectl(t *testing.T, s *harness.Server, args ...string) string {
+	t.Helper()
+	out, err := s.Kubectl(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
