@@ -22,6 +22,10 @@ order; without one a random token is generated and stored in
 		Example: `  # a single server on the embedded SQLite datastore
   hakube server
 
+  # a highly available cluster of three servers on embedded etcd
+  HAKUBE_TOKEN=SECRET hakube server --cluster-init                       # server 1
+  HAKUBE_TOKEN=SECRET hakube server --server https://<server1>:6443      # servers 2 and 3
+
   # a server on an external PostgreSQL database
   hakube server --datastore-endpoint 'postgres://user:pass@db:5432/kube'`,
 		Args: cobra.NoArgs,
@@ -44,6 +48,8 @@ order; without one a random token is generated and stored in
 	f.StringVar(&cfg.ServiceCIDR, "service-cidr", cfg.ServiceCIDR, "IP range for service IPs")
 	f.StringVar(&cfg.ClusterDNS, "cluster-dns", cfg.ClusterDNS, "IP address of the cluster DNS service (inside --service-cidr)")
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "cluster domain")
+	f.BoolVar(&cfg.ClusterInit, "cluster-init", false, "start a new highly available cluster on embedded etcd (the first server)")
+	f.StringVarP(&cfg.Server, "server", "s", "", "join the cluster of the server at this URL (https://<server>:6443), on embedded etcd")
 	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret used to join servers and agents (env HAKUBE_TOKEN or K3S_TOKEN)")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "external datastore: postgres://, mysql://, sqlite:// or https://etcd:2379[,...] (default: embedded SQLite)")

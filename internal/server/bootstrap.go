@@ -55,8 +55,19 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if m := b.critical.Mismatches(data.Critical); len(m) > 0 {
+	// The datastore kind is what this server runs on: after a migration the
+	// record still names the old kind, so it is updated rather than compared.
+	mine := b.critical
+	mine.Datastore = data.Critical.Datastore
+	if m := mine.Mismatches(data.Critical); len(m) > 0 {
 		return bootstrap.MismatchError(m)
+	}
+	if data.Critical.Datastore != b.critical.Datastore {
+		klog.Infof("the cluster's datastore is now %s (was %s)", b.critical.Datastore, data.Critical.Datastore)
+		data.Critical.Datastore = b.critical.Datastore
+		if err := bootstrap.Store(ctx, cli, b.tok.Secret, data); err != nil {
+			return err
+		}
 	}
 	changed, err := b.tlsDir.WriteShared(data.Files)
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
+	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/token"
 )
 
@@ -30,6 +32,11 @@ type Config struct {
 	ServiceCIDR      string
 	ClusterDNS       string
 	ClusterDomain    string
+
+	// ClusterInit starts a new cluster on embedded etcd.
+	ClusterInit bool
+	// Server is the URL of a server of the cluster to join.
+	Server string
 
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
 	Token     string
@@ -103,6 +110,20 @@ func (c Config) Validate() error {
 	}
 	if msgs := validation.IsDNS1123Subdomain(c.ClusterDomain); len(msgs) > 0 {
 		add("--cluster-domain %q is not a valid domain: %s", c.ClusterDomain, strings.Join(msgs, "; "))
+	}
+	if c.ClusterInit && c.Server != "" {
+		add("--cluster-init and --server both given: the first server uses --cluster-init, the others --server")
+	}
+	if (c.ClusterInit || c.Server != "") && c.DatastoreEndpoint != "" {
+		add("--cluster-init and --server use the embedded etcd; servers on an external --datastore-endpoint share it and need neither")
+	}
+	if c.Server != "" {
+		if _, err := join.NewClient(c.Server, token.Token{}); err != nil {
+			add("%v", err)
+		}
+		if c.Token == "" && c.TokenFile == "" && !fsutil.Exists(TokenPath(c.DataDir)) {
+			add("--server needs the cluster's token: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN (it is in <data-dir>/server/token on the first server)")
+		}
 	}
 	if c.Token != "" && c.TokenFile != "" {
 		add("--token and --token-file both given; use one")

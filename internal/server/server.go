@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,8 +17,10 @@ import (
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/controlplane"
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
+	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/supervisor"
@@ -55,17 +58,22 @@ func Run(ctx context.Context, cfg Config) error {
 	apiPort := cfg.HTTPSPort + 1
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
-	ds := newDatastore(cfg)
+	dbDir := filepath.Join(serverDir, "db")
+	ds, member, err := newDatastore(cfg, tlsDir, nodeName, nodeIP)
+	if err != nil {
+		return err
+	}
+	critical := bootstrap.Critical{
+		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR,
+		ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
+		Datastore: string(ds.Kind()),
+	}
 	boot := &clusterBootstrap{
 		ds:        ds,
 		tlsDir:    tlsDir,
 		tok:       tok,
 		tokenPath: TokenPath(cfg.DataDir),
-		critical: bootstrap.Critical{
-			ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR,
-			ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
-			Datastore: string(ds.Kind()),
-		},
+		critical:  critical,
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
 				TLSDir: tlsDir, NodeName: nodeName, NodeIP: nodeIP, AdvertiseIP: advertiseIP,
@@ -110,7 +118,41 @@ func Run(ctx context.Context, cfg Config) error {
 		Kubeconfig: filepath.Join(credDir, "scheduler.kubeconfig"), ExtraArgs: flagArgs(cfg.KubeSchedulerArgs),
 	})
 
-	mgr := component.NewManager(&dataDir{path: cfg.DataDir}, ds, boot, sup, api, kcm, sched)
+	joinSrv := &join.Server{
+		Token: tok, CAFile: tlsDir.Cert(pki.ServerCA),
+		Bootstrap: func(ctx context.Context) (bootstrap.Data, error) {
+			cli, err := datastore.Client(ds.Endpoint())
+			if err != nil {
+				return bootstrap.Data{}, err
+			}
+			defer cli.Close()
+			d, _, err := bootstrap.Load(ctx, cli, tok.Secret)
+			return d, err
+		},
+	}
+	if member != nil {
+		joinSrv.Members = func(ctx context.Context) ([]join.Member, error) { return listJoinMembers(ctx, ds.Endpoint()) }
+	}
+	joinSrv.Register(sup.Handle)
+
+	components := []component.Component{&dataDir{path: cfg.DataDir}}
+	switch {
+	case member == nil:
+		components = append(components, ds)
+	case cfg.Server != "":
+		client, err := join.NewClient(cfg.Server, tok)
+		if err != nil {
+			return err
+		}
+		components = append(components, &joinCluster{client: client, tlsDir: tlsDir, dbDir: dbDir, critical: critical, member: member}, ds)
+	default:
+		components = append(components,
+			step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }),
+			ds,
+			step("SQLite migration", func(ctx context.Context) error { return migrateSQLite(ctx, serverDir, ds.Endpoint()) }))
+	}
+	components = append(components, boot, sup, api, kcm, sched)
+	mgr := component.NewManager(components...)
 	if err := mgr.Start(ctx); err != nil {
 		return err
 	}
@@ -141,22 +183,73 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, TokenPath(cfg.DataDir))
 
+	var datastoreStopped <-chan struct{}
+	if member != nil {
+		datastoreStopped = member.Stopped()
+	}
 	select {
 	case <-ctx.Done():
 		klog.Infof("shutting down")
 		return nil
 	case <-api.Exited():
 		return fmt.Errorf("kube-apiserver stopped: %w", api.Err())
+	case <-datastoreStopped:
+		select {
+		case <-member.Removed():
+			return etcd.ErrRemoved
+		default:
+			return errors.New("the embedded etcd member stopped; see the log above")
+		}
 	}
 }
 
-func newDatastore(cfg Config) datastore.Datastore {
+// newDatastore picks the datastore; member is the embedded etcd one, if chosen.
+func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (ds datastore.Datastore, member *etcd.Etcd, err error) {
+	dbDir := filepath.Join(cfg.serverDir(), "db")
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
-		return external.New(cfg.etcdConfig())
+		return external.New(cfg.etcdConfig()), nil, nil
+	case ep != "":
+		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep}), nil, nil
+	case cfg.ClusterInit || cfg.Server != "" || etcd.HasData(dbDir):
+		member = etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})
+		return member, member, nil
 	default:
-		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep})
+		return kine.New(kine.Config{DataDir: cfg.serverDir()}), nil, nil
 	}
+}
+
+// step is a component that does one thing at its place in the start order.
+func step(name string, fn func(context.Context) error) component.Component {
+	return &stepComponent{name: name, fn: fn}
+}
+
+type stepComponent struct {
+	name string
+	fn   func(context.Context) error
+}
+
+func (s *stepComponent) Name() string                    { return s.name }
+func (s *stepComponent) Init(context.Context) error      { return nil }
+func (s *stepComponent) Start(ctx context.Context) error { return s.fn(ctx) }
+func (s *stepComponent) Ready(context.Context) error     { return nil }
+func (s *stepComponent) Stop() error                     { return nil }
+
+func listJoinMembers(ctx context.Context, ep datastore.Endpoint) ([]join.Member, error) {
+	cli, err := datastore.Client(ep)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	ms, err := etcd.Members(ctx, cli)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]join.Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, join.Member{Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, Learner: m.Learner})
+	}
+	return out, nil
 }
 
 // flagArgs turns key=value pass-through values into --key=value flags.

@@ -1,6 +1,6 @@
-// Package supervisor serves the cluster's own HTTPS endpoints (/cacerts, /ping,
-// and the join API) on the public port and proxies everything else to the
-// apiserver, so one address serves both.
+// Package supervisor serves the cluster's own HTTPS endpoints (/ping, and the
+// join API registered by others) on the public port and proxies everything else
+// to the apiserver, so one address serves both.
 package supervisor
 
 import (
@@ -27,7 +27,7 @@ import (
 type Config struct {
 	BindAddress string
 	Port        int
-	// ServerCAFile is served at /cacerts and trusted for the apiserver.
+	// ServerCAFile verifies the apiserver.
 	ServerCAFile string
 	// CertFile and KeyFile are the serving certificate.
 	CertFile, KeyFile string
@@ -55,7 +55,6 @@ func New(cfg Config) *Supervisor {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("pong"))
 	})
-	s.mux.HandleFunc("GET /cacerts", s.caCerts)
 	return s
 }
 
@@ -139,16 +138,6 @@ func (s *Supervisor) Stop() error {
 		return nil // long-running watches are cut, as a restart would
 	}
 	return err
-}
-
-func (s *Supervisor) caCerts(w http.ResponseWriter, _ *http.Request) {
-	data, err := os.ReadFile(s.cfg.ServerCAFile)
-	if err != nil {
-		http.Error(w, "CA not available", http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "application/x-pem-file")
-	_, _ = w.Write(data)
 }
 
 // apiserverProxy forwards to the apiserver as its request-header front proxy: a

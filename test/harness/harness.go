@@ -99,6 +99,8 @@ type Server struct {
 	Env []string
 	// Host is the address clients use to reach the supervisor.
 	Host string
+	// Dial, when set, is how test clients connect (e.g. from inside a namespace).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	cmd     *exec.Cmd
 	logPath string
@@ -285,7 +287,9 @@ func (s *Server) Client() *kubernetes.Clientset {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cfg.Host = "https://" + net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+	cfg.Host = s.URL()
+	cfg.Dial = s.Dial
+	cfg.QPS, cfg.Burst = 200, 400
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		s.t.Fatal(err)
@@ -293,17 +297,21 @@ func (s *Server) Client() *kubernetes.Clientset {
 	return cs
 }
 
-// Kubectl runs the real kubectl against this server.
+// URL is the server's supervisor URL.
+func (s *Server) URL() string { return "https://" + net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
+
+// Kubectl runs the real kubectl against this server (inside its namespace, if any).
 func (s *Server) Kubectl(args ...string) (string, error) {
-	return Kubectl(s.Kubeconfig, "https://"+net.JoinHostPort(s.Host, strconv.Itoa(s.Port)), args...)
+	return Kubectl(s.Wrap, s.Kubeconfig, s.URL(), args...)
 }
 
-// Kubectl runs the real kubectl with a kubeconfig against server.
-func Kubectl(kubeconfig, server string, args ...string) (string, error) {
+// Kubectl runs the real kubectl with a kubeconfig against server, prefixed by wrap.
+func Kubectl(wrap []string, kubeconfig, server string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	full := append([]string{"--kubeconfig", kubeconfig, "--server", server}, args...)
-	cmd := exec.CommandContext(ctx, "kubectl", full...)
+	argv := append(append([]string{}, wrap...), "kubectl", "--kubeconfig", kubeconfig, "--server", server)
+	argv = append(argv, args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -313,12 +321,34 @@ func Kubectl(kubeconfig, server string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// RunToExit runs a server start to completion (for starts that must fail) and
+// returns its output and exit code.
+func (s *Server) RunToExit(extra ...string) (string, int) {
+	s.t.Helper()
+	argv := append(append([]string{}, s.Wrap...), Binary(s.t))
+	return runCommand(s.t, append(argv, s.CommandArgs(extra...)...), s.Env)
+}
+
+// Hakube runs a hakube subcommand on the server's host with its data dir.
+func (s *Server) Hakube(args ...string) (string, int) {
+	s.t.Helper()
+	argv := append(append([]string{}, s.Wrap...), Binary(s.t))
+	argv = append(argv, args...)
+	argv = append(argv, "--data-dir", s.DataDir)
+	return runCommand(s.t, argv, nil)
+}
+
 // RunHakube runs the binary to completion and returns its combined output and exit code.
 func RunHakube(tb testing.TB, env []string, args ...string) (string, int) {
 	tb.Helper()
+	return runCommand(tb, append([]string{Binary(tb)}, args...), env)
+}
+
+func runCommand(tb testing.TB, argv, env []string) (string, int) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Binary(tb), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/grpclog"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/server"
+)
+
+func newEtcdCommand() *cobra.Command {
+	dataDir := server.NewConfig().DataDir
+	cmd := &cobra.Command{
+		Use:   "etcd",
+		Short: "Manage the embedded etcd cluster (run on a server; credentials come from --data-dir)",
+		PersistentPreRun: func(*cobra.Command, []string) {
+			// gRPC's connection retries are noise here; failures come back as errors.
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+		},
+	}
+	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
+	connect := func() (*clientv3.Client, error) {
+		tlsDir := pki.Dir(filepath.Join(dataDir, "server", "tls"))
+		ep := etcd.LocalEndpoint(tlsDir, 0)
+		if _, err := os.Stat(ep.CertFile); err != nil {
+			return nil, fmt.Errorf("no etcd client certificate in %s: is this a server on embedded etcd, and is --data-dir right?", tlsDir)
+		}
+		return datastore.Client(ep)
+	}
+
+	var output string
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List members: name, ID, peer URL, voter or learner, leader, health",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cli, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			members, err := etcd.Members(cmd.Context(), cli)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(members)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tID\tPEER URL\tROLE\tLEADER\tHEALTHY")
+			for _, m := range members {
+				role := "voter"
+				if m.Learner {
+					role = "learner"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%v\n", m.Name, m.ID, strings.Join(m.PeerURLs, ","), role, m.Leader, m.Healthy)
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a member (refused when the removal would lose quorum)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, err := connect()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			m, err := etcd.RemoveMember(cmd.Context(), cli, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed member %s (%s). To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", m.Name, m.ID)
+			return nil
+		},
+	}
+	member := &cobra.Command{Use: "member", Short: "List or remove etcd members"}
+	member.AddCommand(list, remove)
+	cmd.AddCommand(member)
+	return cmd
+}

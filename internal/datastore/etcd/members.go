@@ -1,0 +1,115 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Member is one etcd member with what its own endpoint reports.
+type Member struct {
+	Name       string   `json:"name"`
+	ID         string   `json:"id"`
+	PeerURLs   []string `json:"peerURLs"`
+	ClientURLs []string `json:"clientURLs"`
+	Learner    bool     `json:"learner"`
+	Leader     bool     `json:"leader"`
+	Healthy    bool     `json:"healthy"`
+	RaftIndex  uint64   `json:"raftIndex"`
+	DBSize     int64    `json:"dbSize"`
+	DBSizeUsed int64    `json:"dbSizeInUse"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// Members lists the cluster's members, asking each for its status.
+func Members(ctx context.Context, cli *clientv3.Client) ([]Member, error) {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := cli.MemberList(lctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing etcd members: %w", err)
+	}
+	var leader uint64
+	out := make([]Member, 0, len(resp.Members))
+	for _, m := range resp.Members {
+		mem := Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, Learner: m.IsLearner}
+		if len(m.ClientURLs) == 0 {
+			mem.Error = "not started"
+		} else {
+			sctx, scancel := context.WithTimeout(ctx, 3*time.Second)
+			st, err := cli.Status(sctx, m.ClientURLs[0])
+			scancel()
+			if err != nil {
+				mem.Error = err.Error()
+			} else {
+				mem.Healthy = len(st.Errors) == 0
+				mem.RaftIndex, mem.DBSize, mem.DBSizeUsed = st.RaftIndex, st.DbSize, st.DbSizeInUse
+				if st.Leader != 0 {
+					leader = st.Leader
+				}
+			}
+		}
+		out = append(out, mem)
+	}
+	for i, m := range resp.Members {
+		out[i].Leader = m.ID == leader
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ErrWouldLoseQuorum refuses a removal that leaves fewer healthy voters than a quorum.
+var ErrWouldLoseQuorum = errors.New("would lose quorum")
+
+// RemoveMember removes the member called name, refusing when the healthy voters
+// left would not form a quorum of the remaining cluster.
+func RemoveMember(ctx context.Context, cli *clientv3.Client, name string) (Member, error) {
+	members, err := Members(ctx, cli)
+	if err != nil {
+		return Member{}, err
+	}
+	var target *Member
+	voters, healthyOthers := 0, 0
+	for i, m := range members {
+		if m.Name == name || m.ID == name {
+			target = &members[i]
+			continue
+		}
+		if !m.Learner {
+			voters++
+			if m.Healthy {
+				healthyOthers++
+			}
+		}
+	}
+	if target == nil {
+		var names []string
+		for _, m := range members {
+			names = append(names, m.Name)
+		}
+		return Member{}, fmt.Errorf("no member named %q; members are %v", name, names)
+	}
+	if !target.Learner {
+		if voters == 0 {
+			return Member{}, fmt.Errorf("refusing to remove %s: it is the only voting member (%w)", name, ErrWouldLoseQuorum)
+		}
+		if quorum := voters/2 + 1; healthyOthers < quorum {
+			return Member{}, fmt.Errorf("refusing to remove %s: the %d remaining voters need %d healthy for a quorum but only %d are healthy (%w); bring the others back first",
+				name, voters, quorum, healthyOthers, ErrWouldLoseQuorum)
+		}
+	}
+	var id uint64
+	if _, err := fmt.Sscanf(target.ID, "%x", &id); err != nil {
+		return Member{}, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cli.MemberRemove(rctx, id); err != nil {
+		return Member{}, fmt.Errorf("removing %s: %w", name, err)
+	}
+	return *target, nil
+}

@@ -1,0 +1,140 @@
+package join
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hakube/hakube/internal/bootstrap"
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/token"
+)
+
+// maxResponse bounds what a joiner reads from a server it may not trust yet.
+const maxResponse = 4 << 20
+
+// ErrUnreachable means the server did not answer; the caller may retry.
+var ErrUnreachable = errors.New("cannot reach the server")
+
+// Client joins through the server at URL.
+type Client struct {
+	URL     string
+	Token   token.Token
+	trusted *http.Client
+	CA      []byte
+}
+
+// NewClient validates the server URL.
+func NewClient(serverURL string, tok token.Token) (*Client, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("--server %q must be an https URL such as https://10.0.0.1:6443", serverURL)
+	}
+	return &Client{URL: strings.TrimSuffix(serverURL, "/"), Token: tok}, nil
+}
+
+// VerifyCA fetches the server's CA and checks it against the token: by the
+// token's CA hash, or by the server's proof for a short token. Only after this
+// does the client trust the CA.
+func (c *Client) VerifyCA(ctx context.Context) error {
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return err
+	}
+	unverified := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+		// The CA is checked below against the token before anything else is sent.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+CACertsPath+"?nonce="+hex.EncodeToString(nonce), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := unverified.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.URL, err)
+	}
+	defer resp.Body.Close()
+	ca, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s%s answered %s", c.URL, CACertsPath, resp.Status)
+	}
+	if c.Token.CAHash != "" {
+		if got := token.HashCA(ca); got != c.Token.CAHash {
+			return fmt.Errorf("CA check failed: the server at %s presents a CA with hash %s, but the token pins %s; "+
+				"the token belongs to another cluster, or something is intercepting the connection", c.URL, got, c.Token.CAHash)
+		}
+	} else {
+		want := Proof(ProofKey(c.Token.Secret), nonce, ca)
+		if !hmac.Equal([]byte(resp.Header.Get(ProofHeader)), []byte(want)) {
+			return fmt.Errorf("CA check failed: the server at %s could not prove it knows the token; "+
+				"the token is wrong, or the address is not a server of this cluster", c.URL)
+		}
+	}
+	pool, err := pki.Pool(ca)
+	if err != nil {
+		return fmt.Errorf("the server at %s sent no usable CA: %w", c.URL, err)
+	}
+	c.CA = ca
+	c.trusted = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+	}}
+	return nil
+}
+
+// Bootstrap fetches the cluster's bootstrap data over the verified channel.
+func (c *Client) Bootstrap(ctx context.Context) (bootstrap.Data, error) {
+	var d bootstrap.Data
+	err := c.get(ctx, BootstrapPath, &d)
+	return d, err
+}
+
+// Members lists the cluster's datastore members.
+func (c *Client) Members(ctx context.Context) ([]Member, error) {
+	var ms []Member
+	err := c.get(ctx, MembersPath, &ms)
+	return ms, err
+}
+
+func (c *Client) get(ctx context.Context, path string, into any) error {
+	if c.trusted == nil {
+		return errors.New("the server's CA has not been verified")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+path, nil)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth(token.ServerUser, c.Token.Secret)
+	resp, err := c.trusted.Do(req)
+	if err != nil {
+		return fmt.Errorf("GET %s%s: %w", c.URL, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return err
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized:
+		return fmt.Errorf("the server at %s refused the token", c.URL)
+	default:
+		return fmt.Errorf("GET %s%s: %s: %s", c.URL, path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, into); err != nil {
+		return fmt.Errorf("GET %s%s: malformed answer: %w", c.URL, path, err)
+	}
+	return nil
+}

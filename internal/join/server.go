@@ -1,0 +1,101 @@
+package join
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"os"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/bootstrap"
+	"github.com/hakube/hakube/internal/token"
+)
+
+// Server answers joiners. Its handlers go on the supervisor's mux.
+type Server struct {
+	Token    token.Token
+	CAFile   string
+	proofKey []byte
+	// Bootstrap returns the cluster's bootstrap data as stored in the datastore.
+	Bootstrap func(ctx context.Context) (bootstrap.Data, error)
+	// Members lists the datastore's members; nil when the datastore has none.
+	Members func(ctx context.Context) ([]Member, error)
+}
+
+// Register adds the join endpoints to mux.
+func (s *Server) Register(handle func(pattern string, h http.Handler)) {
+	s.proofKey = ProofKey(s.Token.Secret)
+	handle("GET "+CACertsPath, http.HandlerFunc(s.caCerts))
+	handle("GET "+BootstrapPath, s.authenticated(s.bootstrap))
+	handle("GET "+MembersPath, s.authenticated(s.members))
+}
+
+func (s *Server) caCerts(w http.ResponseWriter, r *http.Request) {
+	ca, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		http.Error(w, "CA not available", http.StatusServiceUnavailable)
+		return
+	}
+	if n := r.URL.Query().Get("nonce"); n != "" {
+		nonce, err := hex.DecodeString(n)
+		if err != nil || len(nonce) < 16 || len(nonce) > 64 {
+			http.Error(w, "nonce must be 16 to 64 bytes in hex", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set(ProofHeader, Proof(s.proofKey, nonce, ca))
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = w.Write(ca)
+}
+
+// authenticated requires HTTP basic auth with the token's user and secret.
+func (s *Server) authenticated(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pass, ok := r.BasicAuth()
+		if !ok || user != token.ServerUser ||
+			subtle.ConstantTimeCompare([]byte(pass), []byte(s.Token.Secret)) != 1 {
+			klog.Warningf("join: refused %s from %s: wrong or missing token", r.URL.Path, r.RemoteAddr)
+			// Slow down guessing.
+			time.Sleep(500 * time.Millisecond)
+			http.Error(w, "unauthorized: wrong or missing token", http.StatusUnauthorized)
+			return
+		}
+		next(w, r)
+	})
+}
+
+func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	data, err := s.Bootstrap(ctx)
+	if err != nil {
+		klog.Errorf("join: reading bootstrap data: %v", err)
+		http.Error(w, "bootstrap data not available: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	writeJSON(w, data)
+}
+
+func (s *Server) members(w http.ResponseWriter, r *http.Request) {
+	if s.Members == nil {
+		writeJSON(w, []Member{})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	ms, err := s.Members(ctx)
+	if err != nil {
+		http.Error(w, "members not available: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	writeJSON(w, ms)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}

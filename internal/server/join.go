@@ -1,0 +1,128 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/bootstrap"
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/pki"
+)
+
+// joinCluster fetches the cluster's shared material through another server
+// before the local etcd member starts, and points the member at the cluster.
+// A server restarting from its own data only checks that it is still a member
+// (moving its data aside to rejoin if it was removed); if the other server is
+// down it starts from local data, so a full cold restart needs no server first.
+type joinCluster struct {
+	client   *join.Client
+	tlsDir   pki.Dir
+	dbDir    string
+	critical bootstrap.Critical
+	member   *etcd.Etcd
+}
+
+func (j *joinCluster) Name() string                { return "join via " + j.client.URL }
+func (j *joinCluster) Init(context.Context) error  { return nil }
+func (j *joinCluster) Ready(context.Context) error { return nil }
+func (j *joinCluster) Stop() error                 { return nil }
+
+func (j *joinCluster) Start(ctx context.Context) error {
+	_, err := j.tlsDir.ReadShared()
+	haveCAs := err == nil
+	if etcd.HasData(j.dbDir) && haveCAs {
+		return j.checkStillMember(ctx)
+	}
+	if err := j.verifyCA(ctx, 5*time.Minute); err != nil {
+		return err
+	}
+	return j.join(ctx)
+}
+
+// verifyCA waits for the server to answer (it may be starting too), then
+// verifies its CA against the token.
+func (j *joinCluster) verifyCA(ctx context.Context, patience time.Duration) error {
+	deadline := time.Now().Add(patience)
+	for {
+		err := j.client.VerifyCA(ctx)
+		if err == nil {
+			if j.client.Token.CAHash != "" {
+				klog.Infof("join: CA of %s verified against the token's hash", j.client.URL)
+			} else {
+				klog.Infof("join: CA of %s verified: the server proved it knows the token", j.client.URL)
+			}
+			return nil
+		}
+		if !errors.Is(err, join.ErrUnreachable) || time.Now().After(deadline) {
+			return err
+		}
+		klog.Infof("join: %v; retrying", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(3 * time.Second):
+		}
+	}
+}
+
+func (j *joinCluster) join(ctx context.Context) error {
+	data, err := j.client.Bootstrap(ctx)
+	if err != nil {
+		return err
+	}
+	if m := j.critical.Mismatches(data.Critical); len(m) > 0 {
+		return bootstrap.MismatchError(m)
+	}
+	if _, err := j.tlsDir.WriteShared(data.Files); err != nil {
+		return fmt.Errorf("writing the cluster's CAs: %w", err)
+	}
+	klog.Infof("join: bootstrap data fetched from %s", j.client.URL)
+	members, err := j.client.Members(ctx)
+	if err != nil {
+		return err
+	}
+	var endpoints []string
+	for _, m := range members {
+		if !m.Learner {
+			endpoints = append(endpoints, m.ClientURLs...)
+		}
+	}
+	if len(endpoints) == 0 {
+		return fmt.Errorf("the server at %s lists no etcd members", j.client.URL)
+	}
+	j.member.JoinVia(endpoints)
+	return nil
+}
+
+func (j *joinCluster) checkStillMember(ctx context.Context) error {
+	name := etcd.MemberName(j.dbDir)
+	err := j.client.VerifyCA(ctx)
+	if errors.Is(err, join.ErrUnreachable) {
+		klog.Infof("join: %v; starting from local data", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	members, err := j.client.Members(ctx)
+	if err != nil {
+		klog.Warningf("join: cannot list members through %s (%v); starting from local data", j.client.URL, err)
+		return nil
+	}
+	if slices.ContainsFunc(members, func(m join.Member) bool { return m.Name == name }) {
+		return nil
+	}
+	backup := etcd.Dir(j.dbDir) + "-removed-" + time.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(etcd.Dir(j.dbDir), backup); err != nil {
+		return err
+	}
+	klog.Warningf("join: this server (etcd member %s) is no longer a member of the cluster; its old data is kept in %s and it rejoins as a new member", name, backup)
+	return j.join(ctx)
+}

@@ -1,0 +1,444 @@
+// Package e2e runs hakube clusters across network namespaces, one per host.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/test/harness"
+)
+
+const secret = "e2e-cluster-secret"
+
+// figures are recorded, printed and written to a JSON report; never asserted.
+type figures map[string]float64
+
+func (f figures) record(t *testing.T, name string, d time.Duration) {
+	f[name] = d.Seconds()
+	t.Logf("FIGURE %s=%.2fs", name, d.Seconds())
+}
+
+func (f figures) write(t *testing.T, file string) {
+	dir := filepath.Join("..", "artifacts")
+	_ = os.MkdirAll(dir, 0o755)
+	b, _ := json.MarshalIndent(f, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+		t.Log(err)
+	}
+}
+
+type cluster struct {
+	t       *testing.T
+	net     *harness.Network
+	servers []*harness.Server
+}
+
+// in returns the cluster with helpers failing t (a subtest) instead.
+func (c *cluster) in(t *testing.T) *cluster {
+	cc := *c
+	cc.t = t
+	return &cc
+}
+
+func (c *cluster) memberList(s *harness.Server) []etcd.Member {
+	c.t.Helper()
+	out, code := s.Hakube("etcd", "member", "list", "-o", "json")
+	if code != 0 {
+		c.t.Fatalf("member list on %s: %s", s.Name, out)
+	}
+	var ms []etcd.Member
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &ms); err != nil {
+		c.t.Fatalf("member list output: %v\n%s", err, out)
+	}
+	return ms
+}
+
+// waitVoters waits until n healthy voters and no learners are listed.
+func (c *cluster) waitVoters(s *harness.Server, n int) []etcd.Member {
+	c.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ms := c.memberList(s)
+		voters, healthy := 0, 0
+		for _, m := range ms {
+			if !m.Learner {
+				voters++
+			}
+			if m.Healthy {
+				healthy++
+			}
+		}
+		if voters == n && len(ms) == n && healthy == n {
+			return ms
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("want %d healthy voters, have %+v", n, ms)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func (c *cluster) leader(s *harness.Server) *harness.Server {
+	c.t.Helper()
+	for _, m := range c.waitVoters(s, len(c.servers)) {
+		if m.Leader {
+			for _, srv := range c.servers {
+				if strings.HasPrefix(m.Name, srv.Name+"-") {
+					return srv
+				}
+			}
+		}
+	}
+	c.t.Fatal("no leader")
+	return nil
+}
+
+// etcdClient reaches one member's client port from inside its host.
+func (c *cluster) etcdClient(h *harness.Host, s *harness.Server) *clientv3.Client {
+	c.t.Helper()
+	tlsDir := pki.Dir(filepath.Join(s.DataDir, "server", "tls"))
+	info := transport.TLSInfo{TrustedCAFile: tlsDir.Cert(pki.EtcdServerCA), CertFile: tlsDir.Cert(etcd.ClientCert), KeyFile: tlsDir.Key(etcd.ClientCert)}
+	tlsCfg, err := info.ClientConfig()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	h.CheckRoute(c.t, h.IP)
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{"https://" + net.JoinHostPort(h.IP, "2379")}, TLS: tlsCfg, DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return h.DialContext(ctx, "tcp", addr) })},
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cli
+}
+
+// checkHashesEqual checks that every member has the same KV hash at one revision.
+func (c *cluster) checkHashesEqual() {
+	c.t.Helper()
+	ctx := context.Background()
+	var clients []*clientv3.Client
+	for i, s := range c.servers {
+		cli := c.etcdClient(c.net.Hosts[i], s)
+		defer cli.Close()
+		clients = append(clients, cli)
+	}
+	resp, err := clients[0].Get(ctx, "/registry/health-check-none")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	rev := resp.Header.Revision
+	var first uint32
+	for i, cli := range clients {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			h, err := cli.HashKV(ctx, cli.Endpoints()[0], rev)
+			if err == nil {
+				if i == 0 {
+					first = h.Hash
+				} else if h.Hash != first {
+					c.t.Fatalf("member %s has KV hash %d at revision %d, member %s has %d", c.servers[i].Name, h.Hash, rev, c.servers[0].Name, first)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Fatalf("HashKV on %s: %v", c.servers[i].Name, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	c.t.Logf("all %d members have KV hash %d at revision %d", len(clients), first, rev)
+}
+
+func createConfigMaps(t *testing.T, s *harness.Server, prefix string, n int) {
+	t.Helper()
+	cs := s.Client()
+	for i := range n {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", prefix, i)}, Data: map[string]string{"i": fmt.Sprint(i)}}
+		if _, err := cs.CoreV1().ConfigMaps("default").Create(context.Background(), cm, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create %s through %s: %v", cm.Name, s.Name, err)
+		}
+	}
+}
+
+// countConfigMaps counts configmaps with prefix via the real kubectl on s's host.
+func countConfigMaps(t *testing.T, s *harness.Server, prefix string) int {
+	t.Helper()
+	out, err := s.Kubectl("get", "configmaps", "-n", "default", "-o", "name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "configmap/"+prefix+"-") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestHACluster(t *testing.T) {
+	nw := harness.NewNetwork(t, 5)
+	c := &cluster{t: t, net: nw}
+	fig := figures{}
+	defer fig.write(t, "e2e-ha-figures.json")
+	for i := range 3 {
+		s := nw.Hosts[i].Server(t, fmt.Sprintf("s%d", i+1))
+		s.Env = []string{"HAKUBE_TOKEN=" + secret}
+		c.servers = append(c.servers, s)
+	}
+	s1, s2, s3 := c.servers[0], c.servers[1], c.servers[2]
+	for _, h := range nw.Hosts[1:] {
+		h.CheckRoute(t, nw.Hosts[0].IP)
+	}
+
+	// Form: server 1 with --cluster-init, then servers 2 and 3 join at the same
+	// time (etcd allows one learner, so one of them waits its turn).
+	began := time.Now()
+	s1.Start("--cluster-init")
+	fig.record(t, "first_server_ready", time.Since(began))
+	joinBegan := time.Now()
+	for _, s := range []*harness.Server{s2, s3} {
+		if err := s.StartAsync("--server", s1.URL()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []*harness.Server{s2, s3} {
+		if err := s.WaitReady(4 * time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fig.record(t, "two_parallel_joins_to_voter", time.Since(joinBegan))
+	c.waitVoters(s1, 3)
+	fig.record(t, "form_three_server_cluster", time.Since(began))
+	waited := strings.Contains(s2.CurrentLog()+s3.CurrentLog(), "another server is joining")
+	t.Logf("a parallel joiner waited for the other's promotion: %v", waited)
+	for _, s := range []*harness.Server{s2, s3} {
+		log := s.CurrentLog()
+		for _, want := range []string{"CA of", "bootstrap data fetched", "added as learner", "promoted to voter", "hakube is ready"} {
+			if !strings.Contains(log, want) {
+				t.Errorf("%s's log lacks the progress line %q", s.Name, want)
+			}
+		}
+		if strings.Contains(log, secret) {
+			t.Errorf("%s logged the token secret", s.Name)
+		}
+	}
+
+	// 200 objects through server 1, all read through servers 2 and 3 with kubectl.
+	createConfigMaps(t, s1, "bulk", 200)
+	for _, s := range []*harness.Server{s2, s3} {
+		if n := countConfigMaps(t, s, "bulk"); n != 200 {
+			t.Fatalf("%s sees %d of 200 configmaps", s.Name, n)
+		}
+	}
+
+	for _, sc := range []struct {
+		name string
+		run  func(*testing.T, *cluster, figures)
+	}{
+		{"leader killed, writes go on", leaderFailover},
+		{"wrong token and rogue server are refused", refusedJoins},
+		{"removed member rejoins", removeAndRejoin},
+		{"cold restart in reverse order", coldRestart},
+	} {
+		if !t.Run(sc.name, func(t *testing.T) { sc.run(t, c.in(t), fig) }) {
+			break
+		}
+	}
+}
+
+func leaderFailover(t *testing.T, c *cluster, fig figures) {
+	victim := c.leader(c.servers[0])
+	var others []*harness.Server
+	for _, s := range c.servers {
+		if s != victim {
+			others = append(others, s)
+		}
+	}
+	t.Logf("etcd leader is on %s; killing it", victim.Name)
+	killed := time.Now()
+	victim.Kill()
+	cs := others[0].Client()
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("failover-probe-%d", i)}}
+		_, err := cs.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Since(killed) > 2*time.Minute {
+			t.Fatalf("no write acknowledged within 2 minutes of killing the leader: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fig.record(t, "failover_leader_kill_to_write", time.Since(killed))
+	createConfigMaps(t, others[0], "during-outage-a", 25)
+	createConfigMaps(t, others[1], "during-outage-b", 25)
+
+	began := time.Now()
+	victim.Start()
+	fig.record(t, "killed_server_restart_ready", time.Since(began))
+	for prefix, want := range map[string]int{"bulk": 200, "during-outage-a": 25, "during-outage-b": 25} {
+		if n := countConfigMaps(t, victim, prefix); n != want {
+			t.Fatalf("restarted %s sees %d of %d %s configmaps", victim.Name, n, want, prefix)
+		}
+	}
+	c.waitVoters(c.servers[0], 3)
+	c.checkHashesEqual()
+}
+
+func refusedJoins(t *testing.T, c *cluster, _ figures) {
+	h4, h5 := c.net.Hosts[3], c.net.Hosts[4]
+	before := len(c.memberList(c.servers[0]))
+	s1 := c.servers[0]
+	h4.CheckRoute(t, s1.Host)
+
+	wrong := h4.Server(t, "wrong")
+	out, code := wrong.RunToExit("--server", s1.URL(), "--token", "not-the-secret")
+	if code == 0 || !strings.Contains(out, "could not prove it knows the token") {
+		t.Fatalf("join with a wrong short token: exit %d\n%s", code, out)
+	}
+	fullToken, err := os.ReadFile(filepath.Join(s1.DataDir, "server", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withWrongSecret := strings.TrimSpace(string(fullToken))
+	withWrongSecret = withWrongSecret[:strings.LastIndex(withWrongSecret, ":")+1] + "not-the-secret"
+	out, code = wrong.RunToExit("--server", s1.URL(), "--token", withWrongSecret)
+	if code == 0 || !strings.Contains(out, "refused the token") {
+		t.Fatalf("join with the right CA hash but a wrong secret: exit %d\n%s", code, out)
+	}
+
+	// A rogue server with its own CA on host 4; a joiner on host 5 holding the
+	// real cluster's token must refuse it, with a full or a short token.
+	rogue := h4.Server(t, "rogue")
+	rogue.Start("--cluster-init", "--token", "rogue-secret")
+	h5.CheckRoute(t, rogue.Host)
+	victim := h5.Server(t, "victim")
+	out, code = victim.RunToExit("--server", rogue.URL(), "--token", strings.TrimSpace(string(fullToken)))
+	if code == 0 || !strings.Contains(out, "CA check failed") || !strings.Contains(out, "token pins") {
+		t.Fatalf("join to a rogue server with a pinned token: exit %d\n%s", code, out)
+	}
+	out, code = victim.RunToExit("--server", rogue.URL(), "--token", secret)
+	if code == 0 || !strings.Contains(out, "could not prove it knows the token") {
+		t.Fatalf("join to a rogue server with a short token: exit %d\n%s", code, out)
+	}
+	if strings.Contains(rogue.CurrentLog(), secret) {
+		t.Fatal("the real token's secret reached the rogue server")
+	}
+	if n := len(c.memberList(rogue)); n != 1 {
+		t.Fatalf("rogue cluster has %d members after refused joins", n)
+	}
+	rogue.Stop()
+	if after := len(c.memberList(s1)); after != before {
+		t.Fatalf("refused joins changed the member count from %d to %d", before, after)
+	}
+}
+
+func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
+	s1, s3 := c.servers[0], c.servers[2]
+	var name string
+	for _, m := range c.memberList(s1) {
+		if strings.HasPrefix(m.Name, s3.Name+"-") {
+			name = m.Name
+		}
+	}
+	// With s2 down, removing s3 would leave one healthy voter of two: refused.
+	c.servers[1].Stop()
+	out, code := s1.Hakube("etcd", "member", "remove", name)
+	if code == 0 || !strings.Contains(out, "would lose quorum") {
+		t.Fatalf("removal that loses quorum was not refused: exit %d\n%s", code, out)
+	}
+	c.servers[1].Start()
+	c.waitVoters(s1, 3)
+
+	out, code = s1.Hakube("etcd", "member", "remove", name)
+	if code != 0 {
+		t.Fatalf("member remove: exit %d\n%s", code, out)
+	}
+	// The removed server notices and stops with a message that says what to do.
+	deadline := time.Now().Add(time.Minute)
+	for s3.Running() && time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+	}
+	if s3.Running() {
+		s3.Stop()
+	} else if !strings.Contains(s3.CurrentLog(), "removed from the etcd cluster") {
+		t.Errorf("removed server exited without saying it was removed:\n%s", s3.LogTail(10))
+	}
+	began := time.Now()
+	s3.Start("--server", s1.URL())
+	fig.record(t, "removed_member_rejoin_ready", time.Since(began))
+	if !strings.Contains(s3.CurrentLog(), "old data is kept in") {
+		t.Error("rejoining server did not say where it kept its old data")
+	}
+	backups, _ := filepath.Glob(filepath.Join(s3.DataDir, "server", "db", "etcd-removed-*"))
+	if len(backups) != 1 {
+		t.Fatalf("old etcd data was not kept aside: %v", backups)
+	}
+	c.waitVoters(s1, 3)
+	if n := countConfigMaps(t, s3, "bulk"); n != 200 {
+		t.Fatalf("rejoined server sees %d of 200 configmaps", n)
+	}
+}
+
+func coldRestart(t *testing.T, c *cluster, fig figures) {
+	for _, s := range c.servers {
+		if code := s.Stop(); code != 0 {
+			t.Fatalf("%s exit code %d on SIGTERM", s.Name, code)
+		}
+	}
+	began := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.servers))
+	for i := len(c.servers) - 1; i >= 0; i-- {
+		s := c.servers[i]
+		extra := []string{"--server", c.servers[0].URL()}
+		if i == 0 {
+			extra = []string{"--cluster-init"}
+		}
+		if err := s.StartAsync(extra...); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.WaitReady(5 * time.Minute)
+		}()
+		time.Sleep(2 * time.Second)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fig.record(t, "cold_restart_reverse_order", time.Since(began))
+	c.waitVoters(c.servers[0], 3)
+	for _, s := range c.servers {
+		if n := countConfigMaps(t, s, "bulk"); n != 200 {
+			t.Fatalf("%s sees %d of 200 configmaps after the cold restart", s.Name, n)
+		}
+	}
+	c.checkHashesEqual()
+}

@@ -1,0 +1,144 @@
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Network is a set of hosts, each a network namespace with one address on a
+// bridge that lives in a namespace of its own; the root namespace is untouched.
+type Network struct {
+	t      testing.TB
+	id     string
+	subnet string // first three octets
+	Hosts  []*Host
+}
+
+// Host is one namespace on the network.
+type Host struct {
+	Name string // namespace name
+	IP   string
+	net  *Network
+}
+
+func ipCmd(tb testing.TB, args ...string) {
+	tb.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// NewNetwork creates n hosts on a private bridge and removes them at cleanup.
+func NewNetwork(t testing.TB, n int) *Network {
+	t.Helper()
+	RequireRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatal("the ip command (iproute2) is required for multi-host tests")
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	id := hex.EncodeToString(b)
+	nw := &Network{t: t, id: id, subnet: fmt.Sprintf("10.%d.%d", 200+int(b[0])%50, b[1])}
+	sw := "hk" + id + "sw"
+	ipCmd(t, "netns", "add", sw)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", sw).Run() })
+	ipCmd(t, "-n", sw, "link", "add", "br0", "type", "bridge")
+	ipCmd(t, "-n", sw, "link", "set", "br0", "up")
+	for i := 1; i <= n; i++ {
+		nw.AddHost(i)
+	}
+	return nw
+}
+
+// AddHost adds host number i (1-based) to the network.
+func (nw *Network) AddHost(i int) *Host {
+	t := nw.t
+	h := &Host{Name: fmt.Sprintf("hk%sh%d", nw.id, i), IP: fmt.Sprintf("%s.%d", nw.subnet, 10+i), net: nw}
+	sw := "hk" + nw.id + "sw"
+	ipCmd(t, "netns", "add", h.Name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", h.Name).Run() })
+	port := fmt.Sprintf("v%d", i)
+	ipCmd(t, "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.Name)
+	ipCmd(t, "-n", sw, "link", "set", port, "master", "br0", "up")
+	ipCmd(t, "-n", h.Name, "addr", "add", h.IP+"/24", "dev", "eth0")
+	ipCmd(t, "-n", h.Name, "link", "set", "eth0", "up")
+	ipCmd(t, "-n", h.Name, "link", "set", "lo", "up")
+	nw.Hosts = append(nw.Hosts, h)
+	return h
+}
+
+// Wrap is the command prefix that runs a program on the host.
+func (h *Host) Wrap() []string { return []string{"ip", "netns", "exec", h.Name} }
+
+// CheckRoute fails the test unless the namespace exists and dst is one of the
+// network's hosts reached through its eth0: test traffic never leaves it.
+func (h *Host) CheckRoute(tb testing.TB, dst string) {
+	tb.Helper()
+	if _, err := os.Stat("/run/netns/" + h.Name); err != nil {
+		tb.Fatalf("namespace %s is missing: %v", h.Name, err)
+	}
+	ours := false
+	for _, o := range h.net.Hosts {
+		ours = ours || o.IP == dst
+	}
+	if !ours {
+		tb.Fatalf("refusing to send test traffic to %s: not a host of this test network", dst)
+	}
+	out, err := exec.Command("ip", "-n", h.Name, "route", "get", dst).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("no route from %s to %s: %v\n%s", h.Name, dst, err, out)
+	}
+	if dst != h.IP && !strings.Contains(string(out), "dev eth0") {
+		tb.Fatalf("route from %s to %s does not use the test bridge: %s", h.Name, dst, out)
+	}
+}
+
+// DialContext dials from inside the host's namespace: the socket is created on
+// a thread switched into the namespace, and the thread is then discarded.
+func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		fd, err := unix.Open("/run/netns/"+h.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// Server prepares a hakube server on this host (not started).
+func (h *Host) Server(t testing.TB, name string) *Server {
+	s := NewServer(t, name)
+	s.Port = 6443
+	s.Host = h.IP
+	s.Wrap = h.Wrap()
+	s.Dial = h.DialContext
+	s.Args = append(s.Args, "--node-ip", h.IP, "--node-name", name)
+	h.CheckRoute(t, h.IP)
+	return s
+}
