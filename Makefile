@@ -29,7 +29,7 @@ unit:
 
 # Integration and multi-host tests use the binary built once by 'build'.
 e2e: build
-	HAKUBE_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 40m -v ./test/...
+	HAKUBE_BIN=$(CURDIR)/$(BIN) go test -p 1 -count=1 -timeout 40m -v ./test/...
 
 test: lint unit e2e
 

@@ -356,7 +356,7 @@ func refusedJoins(t *testing.T, c *cluster, _ figures) {
 }
 
 func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
-	s1, s3 := c.servers[0], c.servers[2]
+	s1, s2, s3 := c.servers[0], c.servers[1], c.servers[2]
 	var name string
 	for _, m := range c.memberList(s1) {
 		if strings.HasPrefix(m.Name, s3.Name+"-") {
@@ -364,12 +364,12 @@ func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
 		}
 	}
 	// With s2 down, removing s3 would leave one healthy voter of two: refused.
-	c.servers[1].Stop()
+	s2.Stop()
 	out, code := s1.Hakube("etcd", "member", "remove", name)
 	if code == 0 || !strings.Contains(out, "would lose quorum") {
 		t.Fatalf("removal that loses quorum was not refused: exit %d\n%s", code, out)
 	}
-	c.servers[1].Start()
+	s2.Start()
 	c.waitVoters(s1, 3)
 
 	out, code = s1.Hakube("etcd", "member", "remove", name)
@@ -382,10 +382,18 @@ func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	if s3.Running() {
+		t.Error("the removed server kept running")
 		s3.Stop()
 	} else if !strings.Contains(s3.CurrentLog(), "removed from the etcd cluster") {
 		t.Errorf("removed server exited without saying it was removed:\n%s", s3.LogTail(10))
 	}
+	// Two voters now: a restarting server warns that they tolerate no failure.
+	s2.Stop()
+	s2.Start()
+	if !strings.Contains(s2.CurrentLog(), "2 servers, which tolerate 0 failures") {
+		t.Error("a server of a two-server cluster did not warn about the even server count")
+	}
+
 	began := time.Now()
 	s3.Start("--server", s1.URL())
 	fig.record(t, "removed_member_rejoin_ready", time.Since(began))
