@@ -6,7 +6,9 @@ package datastore
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -59,6 +61,20 @@ func Client(ep Endpoint) (*clientv3.Client, error) {
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	})
+}
+
+// DialAny returns nil once a TCP connection to one of addrs (host:port) opens,
+// else the errors of all of them. It checks an address before anything is written.
+func DialAny(ctx context.Context, addrs ...string) error {
+	var errs []error
+	for _, a := range addrs {
+		conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", a)
+		if err == nil {
+			return conn.Close()
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // WaitReachable polls ep until a read succeeds, ctx ends, or timeout passes.

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/bootstrap"
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/pki"
@@ -76,6 +77,10 @@ func (j *joinCluster) join(ctx context.Context) error {
 	data, err := j.client.Bootstrap(ctx)
 	if err != nil {
 		return err
+	}
+	if data.Critical.Datastore == string(datastore.SQLite) {
+		return fmt.Errorf("the server at %s runs on a single-server SQLite datastore, which other servers cannot join; "+
+			"restart it with --cluster-init to move its data to etcd, then join it", j.client.URL)
 	}
 	if m := j.critical.Mismatches(data.Critical); len(m) > 0 {
 		return bootstrap.MismatchError(m)

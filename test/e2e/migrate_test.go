@@ -33,6 +33,13 @@ func TestSQLiteToEtcdMigration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A SQLite server cannot be joined; the joiner says what to do instead.
+	s2 := nw.Hosts[1].Server(t, "m2")
+	s2.Env = s1.Env
+	out, code := s2.RunToExit("--server", s1.URL())
+	if code == 0 || !strings.Contains(out, "single-server SQLite datastore") || !strings.Contains(out, "--cluster-init") {
+		t.Fatalf("joining a SQLite server: exit %d\n%s", code, out)
+	}
 	if code := s1.Stop(); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
@@ -59,8 +66,6 @@ func TestSQLiteToEtcdMigration(t *testing.T) {
 	}
 
 	// The migrated cluster is an etcd cluster others can join.
-	s2 := nw.Hosts[1].Server(t, "m2")
-	s2.Env = s1.Env
 	s2.Start("--server", s1.URL())
 	if n := countConfigMaps(t, s2, "mig"); n != 480 {
 		t.Fatalf("joined server sees %d of 480 configmaps", n)

@@ -84,20 +84,20 @@ func (e *Etcd) Init(ctx context.Context) error {
 	if err := e.cfg.Validate(); err != nil {
 		return err
 	}
-	var errs []error
+	var addrs []string
 	for _, raw := range strings.Split(e.cfg.Endpoints, ",") {
 		u, _ := url.Parse(raw)
 		host := u.Host
 		if u.Port() == "" {
 			host = net.JoinHostPort(u.Hostname(), "2379")
 		}
-		conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", host)
-		if err == nil {
-			return conn.Close()
-		}
-		errs = append(errs, err)
+		addrs = append(addrs, host)
 	}
-	return fmt.Errorf("cannot reach any etcd endpoint of --datastore-endpoint (%w); check the addresses and that etcd is running", errors.Join(errs...))
+	err := datastore.DialAny(ctx, addrs...)
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("cannot reach any etcd endpoint of --datastore-endpoint (%w); check the addresses and that etcd is running", err)
 }
 
 // Start implements component.Component; the cluster runs elsewhere.

@@ -143,11 +143,10 @@ func (k *Kine) Init(ctx context.Context) error {
 		return nil
 	}
 	host := dialAddress(u)
-	conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", host)
-	if err != nil {
+	if err := datastore.DialAny(ctx, host); err != nil {
 		return fmt.Errorf("cannot reach the datastore at %s: %w; check --datastore-endpoint and that the database is running", host, err)
 	}
-	return conn.Close()
+	return nil
 }
 
 // Start opens the database and serves the etcd API on a private unix socket.
