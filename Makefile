@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/hakube/hakube/internal/version.Version=$(VERSION) \
 BIN := bin/hakube
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build run test unit e2e lint fuzz clean
+.PHONY: build run test unit e2e robustness lint fuzz clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
@@ -32,6 +32,13 @@ e2e: build
 	HAKUBE_BIN=$(CURDIR)/$(BIN) go test -p 1 -count=1 -timeout 40m -v ./test/...
 
 test: lint unit e2e
+
+# Fault-injection runs: ITER iterations of every scenario, TRAFFIC seconds of traffic before and after each fault.
+ITER ?= 20
+TRAFFIC ?= 5
+robustness: build
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) \
+		go test -count=1 -timeout 600m -v -run TestRobustness ./test/robustness/
 
 fuzz:
 	go test ./internal/token -run '^$$' -fuzz FuzzParse -fuzztime 60s

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,15 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hakube/hakube/internal/datastore/etcd"
-	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/test/harness"
 )
 
@@ -44,129 +38,26 @@ func (f figures) write(t *testing.T, file string) {
 	}
 }
 
+// cluster is the harness cluster with helpers bound to one (sub)test.
 type cluster struct {
-	t       *testing.T
-	net     *harness.Network
-	servers []*harness.Server
+	*harness.Cluster
+	t *testing.T
 }
 
-// in returns the cluster with helpers failing t (a subtest) instead.
-func (c *cluster) in(t *testing.T) *cluster {
-	cc := *c
-	cc.t = t
-	return &cc
-}
+func (c *cluster) in(t *testing.T) *cluster { return &cluster{Cluster: c.Cluster, t: t} }
 
-func (c *cluster) memberList(s *harness.Server) []etcd.Member {
-	c.t.Helper()
-	out, code := s.Hakube("etcd", "member", "list", "-o", "json")
-	if code != 0 {
-		c.t.Fatalf("member list on %s: %s", s.Name, out)
-	}
-	var ms []etcd.Member
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &ms); err != nil {
-		c.t.Fatalf("member list output: %v\n%s", err, out)
-	}
-	return ms
-}
+func (c *cluster) memberList(s *harness.Server) []etcd.Member { return c.Members(c.t, s) }
 
-// waitVoters waits until n healthy voters and no learners are listed.
 func (c *cluster) waitVoters(s *harness.Server, n int) []etcd.Member {
-	c.t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		ms := c.memberList(s)
-		voters, healthy := 0, 0
-		for _, m := range ms {
-			if !m.Learner {
-				voters++
-			}
-			if m.Healthy {
-				healthy++
-			}
-		}
-		if voters == n && len(ms) == n && healthy == n {
-			return ms
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("want %d healthy voters, have %+v", n, ms)
-		}
-		time.Sleep(time.Second)
-	}
+	return c.WaitVoters(c.t, s, n)
 }
 
 func (c *cluster) leader(s *harness.Server) *harness.Server {
-	c.t.Helper()
-	for _, m := range c.waitVoters(s, len(c.servers)) {
-		if m.Leader {
-			for _, srv := range c.servers {
-				if strings.HasPrefix(m.Name, srv.Name+"-") {
-					return srv
-				}
-			}
-		}
-	}
-	c.t.Fatal("no leader")
-	return nil
+	c.waitVoters(s, len(c.Servers))
+	return c.Leader(c.t, s)
 }
 
-// etcdClient reaches one member's client port from inside its host.
-func (c *cluster) etcdClient(h *harness.Host, s *harness.Server) *clientv3.Client {
-	c.t.Helper()
-	tlsDir := pki.Dir(filepath.Join(s.DataDir, "server", "tls"))
-	info := transport.TLSInfo{TrustedCAFile: tlsDir.Cert(pki.EtcdServerCA), CertFile: tlsDir.Cert(etcd.ClientCert), KeyFile: tlsDir.Key(etcd.ClientCert)}
-	tlsCfg, err := info.ClientConfig()
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	h.CheckRoute(c.t, h.IP)
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{"https://" + net.JoinHostPort(h.IP, "2379")}, TLS: tlsCfg, DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return h.DialContext(ctx, "tcp", addr) })},
-	})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return cli
-}
-
-// checkHashesEqual checks that every member has the same KV hash at one revision.
-func (c *cluster) checkHashesEqual() {
-	c.t.Helper()
-	ctx := context.Background()
-	var clients []*clientv3.Client
-	for i, s := range c.servers {
-		cli := c.etcdClient(c.net.Hosts[i], s)
-		defer cli.Close()
-		clients = append(clients, cli)
-	}
-	resp, err := clients[0].Get(ctx, "/registry/health-check-none")
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	rev := resp.Header.Revision
-	var first uint32
-	for i, cli := range clients {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			h, err := cli.HashKV(ctx, cli.Endpoints()[0], rev)
-			if err == nil {
-				if i == 0 {
-					first = h.Hash
-				} else if h.Hash != first {
-					c.t.Fatalf("member %s has KV hash %d at revision %d, member %s has %d", c.servers[i].Name, h.Hash, rev, c.servers[0].Name, first)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				c.t.Fatalf("HashKV on %s: %v", c.servers[i].Name, err)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-	}
-	c.t.Logf("all %d members have KV hash %d at revision %d", len(clients), first, rev)
-}
+func (c *cluster) checkHashesEqual() { c.CheckHashesEqual(c.t) }
 
 func createConfigMaps(t *testing.T, s *harness.Server, prefix string, n int) {
 	t.Helper()
@@ -197,18 +88,10 @@ func countConfigMaps(t *testing.T, s *harness.Server, prefix string) int {
 
 func TestHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 5)
-	c := &cluster{t: t, net: nw}
+	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
 	fig := figures{}
 	defer fig.write(t, "e2e-ha-figures.json")
-	for i := range 3 {
-		s := nw.Hosts[i].Server(t, fmt.Sprintf("s%d", i+1))
-		s.Env = []string{"HAKUBE_TOKEN=" + secret}
-		c.servers = append(c.servers, s)
-	}
-	s1, s2, s3 := c.servers[0], c.servers[1], c.servers[2]
-	for _, h := range nw.Hosts[1:] {
-		h.CheckRoute(t, nw.Hosts[0].IP)
-	}
+	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 
 	// Form: server 1 with --cluster-init, then servers 2 and 3 join at the same
 	// time (etcd allows one learner, so one of them waits its turn).
@@ -267,9 +150,9 @@ func TestHACluster(t *testing.T) {
 }
 
 func leaderFailover(t *testing.T, c *cluster, fig figures) {
-	victim := c.leader(c.servers[0])
+	victim := c.leader(c.Servers[0])
 	var others []*harness.Server
-	for _, s := range c.servers {
+	for _, s := range c.Servers {
 		if s != victim {
 			others = append(others, s)
 		}
@@ -303,14 +186,14 @@ func leaderFailover(t *testing.T, c *cluster, fig figures) {
 			t.Fatalf("restarted %s sees %d of %d %s configmaps", victim.Name, n, want, prefix)
 		}
 	}
-	c.waitVoters(c.servers[0], 3)
+	c.waitVoters(c.Servers[0], 3)
 	c.checkHashesEqual()
 }
 
 func refusedJoins(t *testing.T, c *cluster, _ figures) {
-	h4, h5 := c.net.Hosts[3], c.net.Hosts[4]
-	before := len(c.memberList(c.servers[0]))
-	s1 := c.servers[0]
+	h4, h5 := c.Net.Hosts[3], c.Net.Hosts[4]
+	before := len(c.memberList(c.Servers[0]))
+	s1 := c.Servers[0]
 	h4.CheckRoute(t, s1.Host)
 
 	wrong := h4.Server(t, "wrong")
@@ -356,7 +239,7 @@ func refusedJoins(t *testing.T, c *cluster, _ figures) {
 }
 
 func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
-	s1, s2, s3 := c.servers[0], c.servers[1], c.servers[2]
+	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 	var name string
 	for _, m := range c.memberList(s1) {
 		if strings.HasPrefix(m.Name, s3.Name+"-") {
@@ -411,17 +294,17 @@ func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
 }
 
 func coldRestart(t *testing.T, c *cluster, fig figures) {
-	for _, s := range c.servers {
+	for _, s := range c.Servers {
 		if code := s.Stop(); code != 0 {
 			t.Fatalf("%s exit code %d on SIGTERM", s.Name, code)
 		}
 	}
 	began := time.Now()
 	var wg sync.WaitGroup
-	errs := make([]error, len(c.servers))
-	for i := len(c.servers) - 1; i >= 0; i-- {
-		s := c.servers[i]
-		extra := []string{"--server", c.servers[0].URL()}
+	errs := make([]error, len(c.Servers))
+	for i := len(c.Servers) - 1; i >= 0; i-- {
+		s := c.Servers[i]
+		extra := []string{"--server", c.Servers[0].URL()}
 		if i == 0 {
 			extra = []string{"--cluster-init"}
 		}
@@ -442,8 +325,8 @@ func coldRestart(t *testing.T, c *cluster, fig figures) {
 		}
 	}
 	fig.record(t, "cold_restart_reverse_order", time.Since(began))
-	c.waitVoters(c.servers[0], 3)
-	for _, s := range c.servers {
+	c.waitVoters(c.Servers[0], 3)
+	for _, s := range c.Servers {
 		if n := countConfigMaps(t, s, "bulk"); n != 200 {
 			t.Fatalf("%s sees %d of 200 configmaps after the cold restart", s.Name, n)
 		}

@@ -247,6 +247,9 @@ func (s *Server) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 	return s.ExitCode()
 }
 
+// Signal sends sig to the server process (SIGSTOP and SIGCONT pause and resume it).
+func (s *Server) Signal(sig syscall.Signal) error { return s.cmd.Process.Signal(sig) }
+
 // Pid is the server process's id.
 func (s *Server) Pid() int { return s.cmd.Process.Pid }
 

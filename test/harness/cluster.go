@@ -1,0 +1,188 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/pki"
+)
+
+// Cluster is servers s1..sN, server i on host i of the network.
+type Cluster struct {
+	Net     *Network
+	Servers []*Server
+}
+
+// NewEtcdCluster prepares n servers on the first n hosts (not started).
+func NewEtcdCluster(t testing.TB, nw *Network, n int, token string) *Cluster {
+	c := &Cluster{Net: nw}
+	for i := range n {
+		s := nw.Hosts[i].Server(t, fmt.Sprintf("s%d", i+1))
+		s.Env = []string{"HAKUBE_TOKEN=" + token}
+		c.Servers = append(c.Servers, s)
+	}
+	for _, h := range nw.Hosts[1:] {
+		h.CheckRoute(t, nw.Hosts[0].IP)
+	}
+	return c
+}
+
+// Form starts server 1 with --cluster-init and the others joining it, one by one.
+func (c *Cluster) Form(t testing.TB) {
+	t.Helper()
+	c.Servers[0].Start("--cluster-init")
+	for _, s := range c.Servers[1:] {
+		s.Start("--server", c.Servers[0].URL())
+	}
+	c.WaitVoters(t, c.Servers[0], len(c.Servers))
+}
+
+// Members runs 'hakube etcd member list' on s.
+func (c *Cluster) Members(t testing.TB, s *Server) []etcd.Member {
+	t.Helper()
+	out, code := s.Hakube("etcd", "member", "list", "-o", "json")
+	if code != 0 {
+		t.Fatalf("member list on %s: %s", s.Name, out)
+	}
+	var ms []etcd.Member
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &ms); err != nil {
+		t.Fatalf("member list output: %v\n%s", err, out)
+	}
+	return ms
+}
+
+// WaitVoters waits until n healthy voters and no learners are listed by s.
+func (c *Cluster) WaitVoters(t testing.TB, s *Server, n int) []etcd.Member {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ms := c.Members(t, s)
+		voters, healthy := 0, 0
+		for _, m := range ms {
+			if !m.Learner {
+				voters++
+			}
+			if m.Healthy {
+				healthy++
+			}
+		}
+		if voters == n && len(ms) == n && healthy == n {
+			return ms
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want %d healthy voters, have %+v", n, ms)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// ServerOf returns the server whose etcd member is called name.
+func (c *Cluster) ServerOf(name string) *Server {
+	for _, s := range c.Servers {
+		if strings.HasPrefix(name, s.Name+"-") {
+			return s
+		}
+	}
+	return nil
+}
+
+// Leader returns the server of the etcd leader, as s sees it.
+func (c *Cluster) Leader(t testing.TB, s *Server) *Server {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		for _, m := range c.Members(t, s) {
+			if m.Leader {
+				if srv := c.ServerOf(m.Name); srv != nil {
+					return srv
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// HostOf returns the host a server runs on.
+func (c *Cluster) HostOf(s *Server) *Host {
+	for _, h := range c.Net.Hosts {
+		if h.IP == s.Host {
+			return h
+		}
+	}
+	return nil
+}
+
+// EtcdClient reaches s's etcd member from inside its host, with the cluster's
+// client certificate.
+func (c *Cluster) EtcdClient(t testing.TB, s *Server) *clientv3.Client {
+	t.Helper()
+	h := c.HostOf(s)
+	h.CheckRoute(t, h.IP)
+	tlsDir := pki.Dir(filepath.Join(s.DataDir, "server", "tls"))
+	info := transport.TLSInfo{TrustedCAFile: tlsDir.Cert(pki.EtcdServerCA), CertFile: tlsDir.Cert(etcd.ClientCert), KeyFile: tlsDir.Key(etcd.ClientCert)}
+	tlsCfg, err := info.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{"https://" + net.JoinHostPort(h.IP, "2379")}, TLS: tlsCfg, DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return h.DialContext(ctx, "tcp", addr) })},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cli
+}
+
+// CheckHashesEqual checks that every member has the same KV hash at one revision.
+func (c *Cluster) CheckHashesEqual(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	var clients []*clientv3.Client
+	for _, s := range c.Servers {
+		cli := c.EtcdClient(t, s)
+		defer cli.Close()
+		clients = append(clients, cli)
+	}
+	resp, err := clients[0].Get(ctx, "/hakube/hash-check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := resp.Header.Revision
+	var first uint32
+	for i, cli := range clients {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			h, err := cli.HashKV(ctx, cli.Endpoints()[0], rev)
+			if err == nil {
+				if i == 0 {
+					first = h.Hash
+				} else if h.Hash != first {
+					t.Fatalf("member %s has KV hash %d at revision %d, member %s has %d", c.Servers[i].Name, h.Hash, rev, c.Servers[0].Name, first)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("HashKV on %s: %v", c.Servers[i].Name, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	t.Logf("all %d members have KV hash %d at revision %d", len(clients), first, rev)
+}

@@ -1,0 +1,238 @@
+package robustness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/hakube/hakube/test/harness"
+)
+
+// Knobs for long runs: 'make robustness ITER=20 TRAFFIC=10'.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// Row is one run of the summary table. HealSecs is how long undoing the fault
+// took (for a killed server: its restart until ready); RecoverySecs is the time
+// after that until every server's API accepted a write.
+type Row struct {
+	Scenario     string  `json:"scenario"`
+	Datastore    string  `json:"datastore"`
+	Iteration    int     `json:"iteration"`
+	KVOps        int     `json:"kvOps"`
+	KVFailed     int     `json:"kvFailed"`
+	K8sOps       int     `json:"k8sOps"`
+	K8sFailed    int     `json:"k8sFailed"`
+	WatchEvents  int     `json:"watchEvents"`
+	Relists      int     `json:"watchRelists"`
+	Violations   int     `json:"violations"`
+	HealSecs     float64 `json:"healSeconds"`
+	RecoverySecs float64 `json:"recoverySeconds"`
+	Result       string  `json:"result"`
+}
+
+func artifactsDir() string { return filepath.Join("..", "artifacts", "robustness") }
+
+func writeSummary(t *testing.T, rows []Row) {
+	dir := artifactsDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Log(err)
+		return
+	}
+	b, _ := json.MarshalIndent(rows, "", "  ")
+	_ = os.WriteFile(filepath.Join(dir, "summary.json"), b, 0o644)
+	var md strings.Builder
+	md.WriteString("| scenario | datastore | iter | kv ops (failed) | k8s ops (failed) | watch events (relists) | violations | heal s | recovery s | result |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&md, "| %s | %s | %d | %d (%d) | %d (%d) | %d (%d) | %d | %.1f | %.1f | %s |\n", r.Scenario, r.Datastore, r.Iteration,
+			r.KVOps, r.KVFailed, r.K8sOps, r.K8sFailed, r.WatchEvents, r.Relists, r.Violations, r.HealSecs, r.RecoverySecs, r.Result)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "summary.md"), []byte(md.String()), 0o644)
+	t.Logf("summary:\n%s", md.String())
+}
+
+func TestRobustnessEtcd(t *testing.T) {
+	iterations := envInt("ROBUSTNESS_ITER", 1)
+	traffic := time.Duration(envInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
+	nw := harness.NewNetwork(t, 3)
+	c := harness.NewEtcdCluster(t, nw, 3, "robustness-secret")
+	c.Form(t)
+	var rows []Row
+	defer func() { writeSummary(t, rows) }()
+	for iter := 1; iter <= iterations; iter++ {
+		for _, f := range Faults() {
+			var row Row
+			ok := t.Run(fmt.Sprintf("%s/%d", f.Name, iter), func(t *testing.T) {
+				row = runScenario(t, c, f, iter, traffic)
+			})
+			rows = append(rows, row)
+			if !ok {
+				keepDataDirs(t, c, fmt.Sprintf("%s-%d", f.Name, iter))
+				return
+			}
+		}
+	}
+}
+
+func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) Row {
+	row := Row{Scenario: f.Name, Datastore: "etcd", Iteration: iter, Result: "fail"}
+	label := fmt.Sprintf("%s-%d", f.Name, iter)
+	hist := &history{start: time.Now()}
+	// Writers stop first; watchers run until they have seen the final state.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watchCtx, stopWatchers := context.WithCancel(context.Background())
+	defer stopWatchers()
+	var wg, watchWG sync.WaitGroup
+
+	var kvs []*kvClient
+	for i, s := range c.Servers {
+		cli := c.EtcdClient(t, s)
+		defer cli.Close()
+		kv := &kvClient{id: i, cli: cli, hist: hist}
+		for k := range 4 {
+			kv.keys = append(kv.keys, fmt.Sprintf("/robustness/%s/k%d", label, k))
+		}
+		kvs = append(kvs, kv)
+	}
+	list := func() (map[string]string, string) {
+		t.Helper()
+		lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer lcancel()
+		l, err := c.Servers[0].Client().CoreV1().ConfigMaps(namespace).List(lctx, metav1.ListOptions{LabelSelector: "robustness=" + label})
+		if err != nil {
+			t.Fatalf("listing: %v", err)
+		}
+		out := map[string]string{}
+		for _, cm := range l.Items {
+			out[cm.Name] = cm.Data["v"]
+		}
+		return out, l.ResourceVersion
+	}
+	_, startRV := list()
+	writers := &k8sWriters{label: label, objects: map[string]*object{}}
+	var watchers []*watcher
+	for i, s := range c.Servers {
+		cs := s.Client()
+		wt := &watcher{label: label}
+		watchers = append(watchers, wt)
+		wg.Add(2)
+		watchWG.Add(1)
+		go func() { defer wg.Done(); kvs[i].run(ctx) }()
+		go func() { defer wg.Done(); writers.run(ctx, i, cs) }()
+		go func() { defer watchWG.Done(); wt.run(watchCtx, cs, startRV) }()
+	}
+
+	time.Sleep(traffic)
+	victim := pickVictim(t, c, f.Leader)
+	t.Logf("%s: victim %s", f.Name, victim.Name)
+	f.Inject(t, c, victim)
+	time.Sleep(faultDuration)
+	healBegan := time.Now()
+	f.Heal(t, c, victim)
+	healed := time.Now()
+	row.HealSecs = healed.Sub(healBegan).Seconds()
+	recovery, err := waitRecovered(c, 3*time.Minute)
+	if err != nil {
+		t.Fatalf("cluster did not recover: %v", err)
+	}
+	row.RecoverySecs = recovery.Seconds()
+	t.Logf("FIGURE %s recovery=%.2fs (heal at +%.1fs)", f.Name, recovery.Seconds(), healed.Sub(hist.start).Seconds())
+	time.Sleep(traffic)
+	cancel()
+	wg.Wait()
+
+	var violations []string
+	for _, kv := range kvs {
+		row.KVOps += kv.ok + kv.failed
+		row.KVFailed += kv.failed
+	}
+	row.K8sOps, row.K8sFailed = writers.ok+writers.failed, writers.failed
+	res, info := porcupine.CheckOperationsVerbose(RegisterModel, hist.ops, time.Minute)
+	if res != porcupine.Ok {
+		violations = append(violations, fmt.Sprintf("etcd-API history is not linearizable (%s)", res))
+		dir := filepath.Join(artifactsDir(), label)
+		_ = os.MkdirAll(dir, 0o755)
+		_ = porcupine.VisualizePath(RegisterModel, info, filepath.Join(dir, "porcupine.html"))
+		b, _ := json.MarshalIndent(hist.ops, "", " ")
+		_ = os.WriteFile(filepath.Join(dir, "kv-history.json"), b, 0o644)
+	}
+	final, finalRV := list()
+	violations = append(violations, writers.checkFinal(final)...)
+	rv, _ := strconv.ParseInt(finalRV, 10, 64)
+	for _, wt := range watchers {
+		deadline := time.Now().Add(30 * time.Second)
+		for !wt.caughtUp(rv) && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	stopWatchers()
+	watchWG.Wait()
+	for i, wt := range watchers {
+		// What each watcher saw must add up to the final state.
+		for _, g := range wt.gaps(final) {
+			violations = append(violations, fmt.Sprintf("watcher on %s: %s", c.Servers[i].Name, g))
+		}
+		row.WatchEvents += wt.events
+		row.Relists += wt.relists
+	}
+	c.CheckHashesEqual(t)
+	row.Violations = len(violations)
+	t.Logf("%s: %d kv ops (%d failed), %d k8s ops (%d failed), %d objects, %d watch events, recovery %.1fs",
+		f.Name, row.KVOps, row.KVFailed, row.K8sOps, row.K8sFailed, len(final), row.WatchEvents, row.RecoverySecs)
+	if len(violations) > 0 {
+		t.Errorf("%d violations:\n%s", len(violations), strings.Join(violations, "\n"))
+		return row
+	}
+	row.Result = "pass"
+	return row
+}
+
+// waitRecovered waits until every server's API accepts a write; it returns how
+// long that took.
+func waitRecovered(c *harness.Cluster, limit time.Duration) (time.Duration, error) {
+	began := time.Now()
+	for i, s := range c.Servers {
+		cs := s.Client()
+		for n := 0; ; n++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{GenerateName: fmt.Sprintf("probe-s%d-", i+1)}}
+			_, err := cs.CoreV1().ConfigMaps("kube-system").Create(ctx, cm, metav1.CreateOptions{})
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Since(began) > limit {
+				return 0, fmt.Errorf("%s accepts no write: %v", s.Name, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return time.Since(began), nil
+}
+
+// keepDataDirs copies the servers' data dirs and logs next to the summary.
+func keepDataDirs(t *testing.T, c *harness.Cluster, label string) {
+	dir := filepath.Join(artifactsDir(), label)
+	_ = os.MkdirAll(dir, 0o755)
+	for _, s := range c.Servers {
+		_ = exec.Command("cp", "-a", filepath.Dir(s.DataDir), filepath.Join(dir, s.Name)).Run()
+	}
+	t.Logf("data dirs and logs kept in %s", dir)
+}
