@@ -19,7 +19,9 @@ type Component interface {
 	// Init validates configuration and claims resources (ports, directories)
 	// without writing state, so bad input fails before anything changes.
 	Init(ctx context.Context) error
-	// Start launches the component; it must not block on long work.
+	// Start launches the component. It may wait for what it needs in order to
+	// start (a joining etcd member waits for its learner slot); waits for the
+	// component to serve belong in Ready.
 	Start(ctx context.Context) error
 	// Ready blocks until the component serves, fails, or ctx ends.
 	Ready(ctx context.Context) error
