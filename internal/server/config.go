@@ -177,8 +177,3 @@ func (c Config) serverDir() string { return filepath.Join(c.DataDir, "server") }
 
 // TokenPath is where the server keeps its token.
 func TokenPath(dataDir string) string { return filepath.Join(dataDir, "server", "token") }
-
-// AdminKubeconfigPath is the admin kubeconfig every server keeps in its data dir.
-func AdminKubeconfigPath(dataDir string) string {
-	return filepath.Join(dataDir, "server", "cred", "admin.kubeconfig")
-}

@@ -59,10 +59,7 @@ func Run(ctx context.Context, cfg Config) error {
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
 	dbDir := filepath.Join(serverDir, "db")
-	ds, member, err := newDatastore(cfg, tlsDir, nodeName, nodeIP)
-	if err != nil {
-		return err
-	}
+	ds, member := newDatastore(cfg, tlsDir, nodeName, nodeIP)
 	critical := bootstrap.Critical{
 		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR,
 		ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
@@ -204,18 +201,18 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // newDatastore picks the datastore; member is the embedded etcd one, if chosen.
-func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (ds datastore.Datastore, member *etcd.Etcd, err error) {
+func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (ds datastore.Datastore, member *etcd.Etcd) {
 	dbDir := filepath.Join(cfg.serverDir(), "db")
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
-		return external.New(cfg.etcdConfig()), nil, nil
+		return external.New(cfg.etcdConfig()), nil
 	case ep != "":
-		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep}), nil, nil
+		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep}), nil
 	case cfg.ClusterInit || cfg.Server != "" || etcd.HasData(dbDir):
 		member = etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})
-		return member, member, nil
+		return member, member
 	default:
-		return kine.New(kine.Config{DataDir: cfg.serverDir()}), nil, nil
+		return kine.New(kine.Config{DataDir: cfg.serverDir()}), nil
 	}
 }
 

@@ -64,9 +64,6 @@ func (s *Supervisor) Handle(pattern string, h http.Handler) { s.mux.Handle(patte
 // Name implements component.Component.
 func (s *Supervisor) Name() string { return "supervisor" }
 
-// Addr is the listening address, valid after Init.
-func (s *Supervisor) Addr() string { return s.listener.Addr().String() }
-
 // Init claims the public port, so a port in use fails before anything is written.
 func (s *Supervisor) Init(context.Context) error {
 	addr := net.JoinHostPort(s.cfg.BindAddress, strconv.Itoa(s.cfg.Port))

@@ -160,7 +160,9 @@ func (c *Cluster) CheckHashesEqual(t testing.TB) {
 		defer cli.Close()
 		clients = append(clients, cli)
 	}
-	resp, err := clients[0].Get(ctx, "/hakube/hash-check")
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := clients[0].Get(gctx, "/hakube/hash-check")
+	cancel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +171,9 @@ func (c *Cluster) CheckHashesEqual(t testing.TB) {
 	for i, cli := range clients {
 		deadline := time.Now().Add(time.Minute)
 		for {
-			h, err := cli.HashKV(ctx, cli.Endpoints()[0], rev)
+			hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			h, err := cli.HashKV(hctx, cli.Endpoints()[0], rev)
+			cancel()
 			if err == nil {
 				if i == 0 {
 					first = h.Hash

@@ -250,9 +250,6 @@ func (s *Server) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 // Signal sends sig to the server process (SIGSTOP and SIGCONT pause and resume it).
 func (s *Server) Signal(sig syscall.Signal) error { return s.cmd.Process.Signal(sig) }
 
-// Pid is the server process's id.
-func (s *Server) Pid() int { return s.cmd.Process.Pid }
-
 // ExitCode is the exit code of the last run (-1 for a signal).
 func (s *Server) ExitCode() int {
 	var ee *exec.ExitError

@@ -2,6 +2,7 @@ package robustness
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -46,6 +47,8 @@ func Faults() []Fault {
 	isolate := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "down") }
 	reconnect := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "up") }
 	return []Fault{
+		{Name: "member-replace", Inject: removeAndWipe, Heal: rejoin},
+		{Name: "full-stop-start", Inject: stopAll, Heal: startAllReversed},
 		{Name: "sigkill-leader", Leader: true, Inject: kill, Heal: restart},
 		{Name: "sigkill-follower", Inject: kill, Heal: restart},
 		{Name: "sigstop-leader", Leader: true, Inject: stop, Heal: cont},
@@ -66,4 +69,71 @@ func pickVictim(t testing.TB, c *harness.Cluster, leader bool) *harness.Server {
 		}
 	}
 	panic(fmt.Sprintf("no follower among %d servers", len(c.Servers)))
+}
+
+// removeAndWipe removes the victim's member through another server, waits for
+// the victim to stop, and wipes its data dir: a disk that died.
+func removeAndWipe(t testing.TB, c *harness.Cluster, victim *harness.Server) {
+	t.Helper()
+	other := c.Servers[0]
+	if other == victim {
+		other = c.Servers[1]
+	}
+	var name string
+	for _, m := range c.Members(t, other) {
+		if c.ServerOf(m.Name) == victim {
+			name = m.Name
+		}
+	}
+	if out, code := other.Hakube("etcd", "member", "remove", name); code != 0 {
+		t.Fatalf("member remove %s: %s", name, out)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for victim.Running() && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if victim.Running() {
+		t.Fatalf("%s kept running after its removal", victim.Name)
+	}
+	if err := os.RemoveAll(victim.DataDir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rejoin starts the wiped server as a new member.
+func rejoin(t testing.TB, c *harness.Cluster, victim *harness.Server) {
+	t.Helper()
+	other := c.Servers[0]
+	if other == victim {
+		other = c.Servers[1]
+	}
+	victim.Start("--server", other.URL())
+}
+
+// stopAll stops every server (SIGTERM), as a power cut with a clean shutdown.
+func stopAll(t testing.TB, c *harness.Cluster, _ *harness.Server) {
+	t.Helper()
+	for _, s := range c.Servers {
+		s.Stop()
+	}
+}
+
+// startAllReversed starts the servers in reverse order, each pointing at the
+// first, which comes back last; they serve once a majority is up.
+func startAllReversed(t testing.TB, c *harness.Cluster, _ *harness.Server) {
+	t.Helper()
+	for i := len(c.Servers) - 1; i >= 0; i-- {
+		args := []string{"--server", c.Servers[0].URL()}
+		if i == 0 {
+			args = nil
+		}
+		if err := c.Servers[i].StartAsync(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range c.Servers {
+		if err := s.WaitReady(5 * time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

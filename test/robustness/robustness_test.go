@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +65,6 @@ func writeSummary(t *testing.T, rows []Row) {
 			r.KVOps, r.KVFailed, r.K8sOps, r.K8sFailed, r.WatchEvents, r.Relists, r.Violations, r.HealSecs, r.RecoverySecs, r.Result)
 	}
 	_ = os.WriteFile(filepath.Join(dir, "summary.md"), []byte(md.String()), 0o644)
-	t.Logf("summary:\n%s", md.String())
 }
 
 func TestRobustnessEtcd(t *testing.T) {
@@ -74,7 +74,7 @@ func TestRobustnessEtcd(t *testing.T) {
 	c := harness.NewEtcdCluster(t, nw, 3, "robustness-secret")
 	c.Form(t)
 	var rows []Row
-	defer func() { writeSummary(t, rows) }()
+runs:
 	for iter := 1; iter <= iterations; iter++ {
 		for _, f := range Faults() {
 			var row Row
@@ -82,12 +82,16 @@ func TestRobustnessEtcd(t *testing.T) {
 				row = runScenario(t, c, f, iter, traffic)
 			})
 			rows = append(rows, row)
+			// Rewritten after every run, so an interrupted long run keeps its table.
+			writeSummary(t, rows)
 			if !ok {
 				keepDataDirs(t, c, fmt.Sprintf("%s-%d", f.Name, iter))
-				return
+				break runs
 			}
 		}
 	}
+	b, _ := os.ReadFile(filepath.Join(artifactsDir(), "summary.md"))
+	t.Logf("summary:\n%s", b)
 }
 
 func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) Row {
@@ -173,17 +177,31 @@ func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic ti
 		b, _ := json.MarshalIndent(hist.ops, "", " ")
 		_ = os.WriteFile(filepath.Join(dir, "kv-history.json"), b, 0o644)
 	}
-	final, finalRV := list()
-	violations = append(violations, writers.checkFinal(final)...)
-	rv, _ := strconv.ParseInt(finalRV, 10, 64)
-	for _, wt := range watchers {
+	// A last write after the traffic: once a watcher has seen it, it has seen
+	// everything before it (other writes move the revision without events).
+	barrier := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: label + "-barrier", Labels: map[string]string{"robustness": label}}}
+	bctx, bcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	created, err := c.Servers[0].Client().CoreV1().ConfigMaps(namespace).Create(bctx, barrier, metav1.CreateOptions{})
+	bcancel()
+	if err != nil {
+		t.Fatalf("writing the barrier: %v", err)
+	}
+	final, _ := list()
+	barrierRV, _ := strconv.ParseInt(created.ResourceVersion, 10, 64)
+	for i, wt := range watchers {
 		deadline := time.Now().Add(30 * time.Second)
-		for !wt.caughtUp(rv) && time.Now().Before(deadline) {
-			time.Sleep(200 * time.Millisecond)
+		for !wt.caughtUp(barrierRV) && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !wt.caughtUp(barrierRV) {
+			violations = append(violations, fmt.Sprintf("watcher on %s did not see the barrier write within 30s", c.Servers[i].Name))
 		}
 	}
 	stopWatchers()
 	watchWG.Wait()
+	written := maps.Clone(final)
+	delete(written, barrier.Name)
+	violations = append(violations, writers.checkFinal(written)...)
 	for i, wt := range watchers {
 		// What each watcher saw must add up to the final state.
 		for _, g := range wt.gaps(final) {
