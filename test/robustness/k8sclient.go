@@ -126,8 +126,11 @@ func (w *k8sWriters) delete(cs kubernetes.Interface, name string) error {
 	case err == nil:
 		o.deleteAcked = true
 	case apierrors.IsNotFound(err):
-		// Never created (an unknown create that did not apply) or already gone.
-		o.deleteAcked = o.createUnknown && !o.createAcked
+		// The create's outcome was unknown and it had not applied yet; it
+		// still may later (seen: a create that timed out during a leader
+		// freeze was committed after this NotFound), so nothing is known.
+		// An acknowledged create cannot be missing here: names are deleted
+		// at most once, so the final check flags that case.
 	default:
 		o.deleteUnknown = true
 	}
