@@ -18,6 +18,7 @@ import (
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/netutil"
 	"github.com/hakube/hakube/internal/pki"
 )
 
@@ -54,7 +55,7 @@ func (a *APIServer) URL() string { return "https://127.0.0.1:" + strconv.Itoa(a.
 
 // Init checks that the loopback port is free.
 func (a *APIServer) Init(context.Context) error {
-	return CheckPortFree("127.0.0.1", a.cfg.Port, "the internal apiserver port (--https-listen-port + 1)")
+	return netutil.CheckPortFree("127.0.0.1", a.cfg.Port, "the internal apiserver port (--https-listen-port + 1)")
 }
 
 func (a *APIServer) args() []string {

@@ -4,10 +4,7 @@ package controlplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"strconv"
 
 	"github.com/spf13/pflag"
 	cliflag "k8s.io/component-base/cli/flag"
@@ -41,25 +38,4 @@ func (r *runner) start(fn func(ctx context.Context) error) {
 		r.err = fn(ctx)
 		close(r.done)
 	}()
-}
-
-// CheckPortFree fails with a clear message when host:port cannot be bound.
-func CheckPortFree(host string, port int, what string) error {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		return fmt.Errorf("%s %s:%d is not available (%v); stop whatever uses it or choose another port", what, host, port, errorsUnwrapAll(err))
-	}
-	return l.Close()
-}
-
-// errorsUnwrapAll returns the innermost error, e.g. "address already in use"
-// instead of the full "listen tcp ...: bind: ..." chain.
-func errorsUnwrapAll(err error) error {
-	for {
-		next := errors.Unwrap(err)
-		if next == nil {
-			return err
-		}
-		err = next
-	}
 }

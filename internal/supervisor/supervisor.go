@@ -8,18 +8,16 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/hakube/hakube/internal/netutil"
 	"github.com/hakube/hakube/internal/pki"
 )
 
@@ -66,14 +64,9 @@ func (s *Supervisor) Name() string { return "supervisor" }
 
 // Init claims the public port, so a port in use fails before anything is written.
 func (s *Supervisor) Init(context.Context) error {
-	addr := net.JoinHostPort(s.cfg.BindAddress, strconv.Itoa(s.cfg.Port))
-	l, err := net.Listen("tcp", addr)
+	l, err := netutil.Listen(s.cfg.BindAddress, s.cfg.Port, "the HTTPS port (--https-listen-port on --bind-address)")
 	if err != nil {
-		var errno *os.SyscallError
-		if errors.As(err, &errno) {
-			err = errno.Err
-		}
-		return fmt.Errorf("cannot listen on %s (%v); stop whatever uses the port or choose another --https-listen-port / --bind-address", addr, err)
+		return err
 	}
 	s.listener = l
 	return nil

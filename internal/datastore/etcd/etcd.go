@@ -25,6 +25,7 @@ import (
 
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/netutil"
 	"github.com/hakube/hakube/internal/pki"
 )
 
@@ -145,11 +146,9 @@ func (e *Etcd) Init(context.Context) error {
 		ports = append(ports, port{e.cfg.NodeIP.String(), e.cfg.ClientPort, "etcd client port"})
 	}
 	for _, p := range ports {
-		l, err := net.Listen("tcp", net.JoinHostPort(p.host, strconv.Itoa(p.port)))
-		if err != nil {
-			return fmt.Errorf("%s %s:%d is not available (%v); stop whatever uses it", p.what, p.host, p.port, err)
+		if err := netutil.CheckPortFree(p.host, p.port, p.what); err != nil {
+			return err
 		}
-		l.Close()
 	}
 	return nil
 }
