@@ -33,11 +33,12 @@ e2e: build
 
 test: lint unit e2e
 
-# Fault-injection runs: ITER iterations of every scenario, TRAFFIC seconds of traffic before and after each fault.
+# Fault-injection runs: ITER iterations of every scenario (or of FAULTS, comma-separated), TRAFFIC seconds of
+# traffic before and after each fault.
 ITER ?= 20
 TRAFFIC ?= 5
 robustness: build
-	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) \
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) \
 		go test -count=1 -timeout 600m -v -run TestRobustness ./test/robustness/
 
 fuzz:

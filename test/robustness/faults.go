@@ -52,6 +52,7 @@ func Faults() []Fault {
 		{Name: "sigkill-leader", Leader: true, Inject: kill, Heal: restart},
 		{Name: "sigkill-follower", Inject: kill, Heal: restart},
 		{Name: "sigstop-leader", Leader: true, Inject: stop, Heal: cont},
+		{Name: "sigstop-follower", Inject: stop, Heal: cont},
 		{Name: "partition-follower", Inject: isolate, Heal: reconnect},
 		{Name: "partition-leader", Leader: true, Inject: isolate, Heal: reconnect},
 	}

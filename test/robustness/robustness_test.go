@@ -76,7 +76,7 @@ func TestRobustnessEtcd(t *testing.T) {
 	var rows []Row
 runs:
 	for iter := 1; iter <= iterations; iter++ {
-		for _, f := range Faults() {
+		for _, f := range selectedFaults(t) {
 			var row Row
 			ok := t.Run(fmt.Sprintf("%s/%d", f.Name, iter), func(t *testing.T) {
 				row = runScenario(t, c, f, iter, traffic)
@@ -92,6 +92,27 @@ runs:
 	}
 	b, _ := os.ReadFile(filepath.Join(artifactsDir(), "summary.md"))
 	t.Logf("summary:\n%s", b)
+}
+
+// selectedFaults is every fault, or those named in ROBUSTNESS_FAULTS (comma-separated).
+func selectedFaults(t *testing.T) []Fault {
+	want := os.Getenv("ROBUSTNESS_FAULTS")
+	if want == "" {
+		return Faults()
+	}
+	var out []Fault
+	for _, name := range strings.Split(want, ",") {
+		found := false
+		for _, f := range Faults() {
+			if f.Name == name {
+				out, found = append(out, f), true
+			}
+		}
+		if !found {
+			t.Fatalf("ROBUSTNESS_FAULTS: no fault called %q", name)
+		}
+	}
+	return out
 }
 
 func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) Row {
