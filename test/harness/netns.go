@@ -87,11 +87,7 @@ func (h *Host) CheckRoute(tb testing.TB, dst string) {
 	if _, err := os.Stat("/run/netns/" + h.Name); err != nil {
 		tb.Fatalf("namespace %s is missing: %v", h.Name, err)
 	}
-	ours := false
-	for _, o := range h.net.Hosts {
-		ours = ours || o.IP == dst
-	}
-	if !ours {
+	if !h.net.Owns(dst) {
 		tb.Fatalf("refusing to send test traffic to %s: not a host of this test network", dst)
 	}
 	out, err := exec.Command("ip", "-n", h.Name, "route", "get", dst).CombinedOutput()
@@ -103,33 +99,64 @@ func (h *Host) CheckRoute(tb testing.TB, dst string) {
 	}
 }
 
-// DialContext dials from inside the host's namespace: the socket is created on
-// a thread switched into the namespace, and the thread is then discarded.
-func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+// inNamespace runs fn on a thread switched into the host's namespace; sockets
+// fn creates stay in it. The thread is then discarded, never reused.
+func (h *Host) inNamespace(fn func() error) error {
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 		fd, err := unix.Open("/run/netns/"+h.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
+		errc <- fn()
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-errc
 }
+
+// DialContext dials from inside the host's namespace.
+func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return h.DialContextWith(ctx, net.Dialer{}, network, addr)
+}
+
+// DialContextWith dials from inside the host's namespace with d.
+func (h *Host) DialContextWith(ctx context.Context, d net.Dialer, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := h.inNamespace(func() (err error) {
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// Listen listens inside the host's namespace.
+func (h *Host) Listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := h.inNamespace(func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+// Owns reports whether ip is one of the network's hosts.
+func (nw *Network) Owns(ip string) bool {
+	for _, o := range nw.Hosts {
+		if o.IP == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// Subnet is the network's /24 in CIDR notation.
+func (nw *Network) Subnet() string { return nw.subnet + ".0/24" }
 
 // Server prepares a hakube server on this host (not started).
 func (h *Host) Server(t testing.TB, name string) *Server {

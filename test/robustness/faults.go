@@ -20,8 +20,10 @@ type Fault struct {
 	Name string
 	// Target picks the victim: the leader, or a follower.
 	Leader bool
-	Inject func(t testing.TB, c *harness.Cluster, victim *harness.Server)
-	Heal   func(t testing.TB, c *harness.Cluster, victim *harness.Server)
+	// MinServers is the smallest cluster the fault makes sense on.
+	MinServers int
+	Inject     func(t testing.TB, c *harness.Cluster, victim *harness.Server)
+	Heal       func(t testing.TB, c *harness.Cluster, victim *harness.Server)
 }
 
 func linkSet(t testing.TB, h *harness.Host, state string) {
@@ -38,23 +40,40 @@ func signal(t testing.TB, s *harness.Server, sig syscall.Signal) {
 	}
 }
 
-// Faults lists the scenarios the suite runs, one fault per run.
-func Faults() []Fault {
+// Faults lists the scenarios the suite runs, one fault per run; p is the
+// cluster's peer proxy.
+func Faults(p *peerProxy) []Fault {
 	kill := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { s.Kill() }
 	restart := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { s.Start() }
 	stop := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { signal(t, s, syscall.SIGSTOP) }
 	cont := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { signal(t, s, syscall.SIGCONT) }
 	isolate := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "down") }
 	reconnect := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "up") }
+	// Up to 0.5 s of delay per chunk, far below the 3 s election timeout but
+	// longer than the 300 ms heartbeat.
+	delay := func(t testing.TB, c *harness.Cluster, s *harness.Server) {
+		p.set(c.HostOf(s).IP, 100*time.Millisecond, 400*time.Millisecond, 0)
+	}
+	drop := func(t testing.TB, c *harness.Cluster, s *harness.Server) { p.set(c.HostOf(s).IP, 0, 0, 0.2) }
+	undisturb := func(t testing.TB, _ *harness.Cluster, s *harness.Server) {
+		// A fault that touched no peer traffic would prove nothing.
+		n := p.set("", 0, 0, 0)
+		if n == 0 {
+			t.Fatalf("no peer traffic of %s passed the proxy during the fault", s.Name)
+		}
+		t.Logf("the proxy disturbed %d chunks of %s's peer traffic", n, s.Name)
+	}
 	return []Fault{
-		{Name: "member-replace", Inject: removeAndWipe, Heal: rejoin},
-		{Name: "full-stop-start", Inject: stopAll, Heal: startAllReversed},
-		{Name: "sigkill-leader", Leader: true, Inject: kill, Heal: restart},
-		{Name: "sigkill-follower", Inject: kill, Heal: restart},
-		{Name: "sigstop-leader", Leader: true, Inject: stop, Heal: cont},
-		{Name: "sigstop-follower", Inject: stop, Heal: cont},
-		{Name: "partition-follower", Inject: isolate, Heal: reconnect},
-		{Name: "partition-leader", Leader: true, Inject: isolate, Heal: reconnect},
+		{Name: "member-replace", MinServers: 2, Inject: removeAndWipe, Heal: rejoin},
+		{Name: "full-stop-start", MinServers: 1, Inject: stopAll, Heal: startAllReversed},
+		{Name: "sigkill-leader", Leader: true, MinServers: 1, Inject: kill, Heal: restart},
+		{Name: "sigkill-follower", MinServers: 2, Inject: kill, Heal: restart},
+		{Name: "sigstop-leader", Leader: true, MinServers: 1, Inject: stop, Heal: cont},
+		{Name: "sigstop-follower", MinServers: 2, Inject: stop, Heal: cont},
+		{Name: "partition-follower", MinServers: 2, Inject: isolate, Heal: reconnect},
+		{Name: "partition-leader", Leader: true, MinServers: 2, Inject: isolate, Heal: reconnect},
+		{Name: "peer-delay-leader", Leader: true, MinServers: 2, Inject: delay, Heal: undisturb},
+		{Name: "peer-drop-leader", Leader: true, MinServers: 2, Inject: drop, Heal: undisturb},
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,7 @@ func envInt(name string, def int) int {
 type Row struct {
 	Scenario     string  `json:"scenario"`
 	Datastore    string  `json:"datastore"`
+	Servers      int     `json:"servers"`
 	Iteration    int     `json:"iteration"`
 	KVOps        int     `json:"kvOps"`
 	KVFailed     int     `json:"kvFailed"`
@@ -59,9 +61,9 @@ func writeSummary(t *testing.T, rows []Row) {
 	b, _ := json.MarshalIndent(rows, "", "  ")
 	_ = os.WriteFile(filepath.Join(dir, "summary.json"), b, 0o644)
 	var md strings.Builder
-	md.WriteString("| scenario | datastore | iter | kv ops (failed) | k8s ops (failed) | watch events (relists) | violations | heal s | recovery s | result |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	md.WriteString("| scenario | datastore | servers | iter | kv ops (failed) | k8s ops (failed) | watch events (relists) | violations | heal s | recovery s | result |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&md, "| %s | %s | %d | %d (%d) | %d (%d) | %d (%d) | %d | %.1f | %.1f | %s |\n", r.Scenario, r.Datastore, r.Iteration,
+		fmt.Fprintf(&md, "| %s | %s | %d | %d | %d (%d) | %d (%d) | %d (%d) | %d | %.1f | %.1f | %s |\n", r.Scenario, r.Datastore, r.Servers, r.Iteration,
 			r.KVOps, r.KVFailed, r.K8sOps, r.K8sFailed, r.WatchEvents, r.Relists, r.Violations, r.HealSecs, r.RecoverySecs, r.Result)
 	}
 	_ = os.WriteFile(filepath.Join(dir, "summary.md"), []byte(md.String()), 0o644)
@@ -70,13 +72,16 @@ func writeSummary(t *testing.T, rows []Row) {
 func TestRobustnessEtcd(t *testing.T) {
 	iterations := envInt("ROBUSTNESS_ITER", 1)
 	traffic := time.Duration(envInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
-	nw := harness.NewNetwork(t, 3)
-	c := harness.NewEtcdCluster(t, nw, 3, "robustness-secret")
+	servers := envInt("ROBUSTNESS_SERVERS", 3)
+	nw := harness.NewNetwork(t, servers)
+	proxy := installPeerProxy(t, nw)
+	c := harness.NewEtcdCluster(t, nw, servers, "robustness-secret")
 	c.Form(t)
+	faults := selectedFaults(t, proxy, servers)
 	var rows []Row
 runs:
 	for iter := 1; iter <= iterations; iter++ {
-		for _, f := range selectedFaults(t) {
+		for _, f := range faults {
 			var row Row
 			ok := t.Run(fmt.Sprintf("%s/%d", f.Name, iter), func(t *testing.T) {
 				row = runScenario(t, c, f, iter, traffic)
@@ -94,29 +99,35 @@ runs:
 	t.Logf("summary:\n%s", b)
 }
 
-// selectedFaults is every fault, or those named in ROBUSTNESS_FAULTS (comma-separated).
-func selectedFaults(t *testing.T) []Fault {
+// selectedFaults is every fault that makes sense on n servers, or those named
+// in ROBUSTNESS_FAULTS (comma-separated).
+func selectedFaults(t *testing.T, p *peerProxy, n int) []Fault {
+	all := Faults(p)
 	want := os.Getenv("ROBUSTNESS_FAULTS")
-	if want == "" {
-		return Faults()
-	}
 	var out []Fault
-	for _, name := range strings.Split(want, ",") {
-		found := false
-		for _, f := range Faults() {
-			if f.Name == name {
-				out, found = append(out, f), true
+	if want == "" {
+		for _, f := range all {
+			if f.MinServers <= n {
+				out = append(out, f)
 			}
 		}
-		if !found {
+		return out
+	}
+	for _, name := range strings.Split(want, ",") {
+		i := slices.IndexFunc(all, func(f Fault) bool { return f.Name == name })
+		if i < 0 {
 			t.Fatalf("ROBUSTNESS_FAULTS: no fault called %q", name)
 		}
+		if all[i].MinServers > n {
+			t.Fatalf("ROBUSTNESS_FAULTS: %s needs at least %d servers", name, all[i].MinServers)
+		}
+		out = append(out, all[i])
 	}
 	return out
 }
 
 func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) Row {
-	row := Row{Scenario: f.Name, Datastore: "etcd", Iteration: iter, Result: "fail"}
+	row := Row{Scenario: f.Name, Datastore: "etcd", Servers: len(c.Servers), Iteration: iter, Result: "fail"}
 	label := fmt.Sprintf("%s-%d", f.Name, iter)
 	hist := &history{start: time.Now()}
 	// Writers stop first; watchers run until they have seen the final state.
