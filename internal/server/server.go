@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -27,6 +28,13 @@ import (
 )
 
 // Run starts a server and blocks until ctx ends or the apiserver fails.
+// ErrRestart asks the caller to start the server again in a fresh process.
+var ErrRestart = errors.New("the server must restart")
+
+// restartAfter is how long a server must have been ready before a component
+// failure restarts it in place instead of ending it.
+const restartAfter = time.Minute
+
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -154,15 +162,27 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	// The controller manager and scheduler end the process through klog when
-	// their leader election stops, which happens as soon as the apiserver goes
-	// away during shutdown. Hold that exit until the datastore is closed; outside
-	// shutdown it still ends the process, as upstream intends.
+	// their leader election stops: during shutdown, as soon as the apiserver
+	// goes away; while running, when the datastore was too slow to renew their
+	// lease (10 s). Hold that exit during shutdown until the datastore is
+	// closed. While running, a server that has been up for a while restarts in
+	// place (the caller re-executes it) rather than leave a dead server behind;
+	// one that fails early exits, as upstream intends, instead of looping.
 	var stopping atomic.Bool
+	var readyAt atomic.Int64
+	restart := make(chan struct{}, 1)
 	klog.OsExit = func(code int) {
 		if stopping.Load() {
 			select {}
 		}
-		os.Exit(code)
+		if ready := readyAt.Load(); ready == 0 || time.Since(time.Unix(0, ready)) < restartAfter {
+			os.Exit(code)
+		}
+		select {
+		case restart <- struct{}{}:
+		default:
+		}
+		select {}
 	}
 	defer func() {
 		stopping.Store(true)
@@ -179,6 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, TokenPath(cfg.DataDir))
+	readyAt.Store(time.Now().UnixNano())
 
 	var datastoreStopped <-chan struct{}
 	if member != nil {
@@ -190,6 +211,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	case <-api.Exited():
 		return fmt.Errorf("kube-apiserver stopped: %w", api.Err())
+	case <-restart:
+		klog.Errorf("a control-plane component exited (see above); stopping the server to restart it in place")
+		return ErrRestart
 	case <-datastoreStopped:
 		select {
 		case <-member.Removed():

@@ -1,0 +1,191 @@
+package dqlite
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"k8s.io/klog/v2"
+)
+
+// Member is one member of the cluster as the CLI shows it.
+type Member struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+	Leader  bool   `json:"leader"`
+	// Healthy: the member answered, and has applied the log recently.
+	Healthy bool   `json:"healthy"`
+	Applied uint64 `json:"appliedIndex,omitempty"`
+}
+
+type status struct {
+	ID      string `json:"id"`
+	State   string `json:"state"`
+	Leader  string `json:"leader"`
+	Applied uint64 `json:"appliedIndex"`
+	Commit  uint64 `json:"commitIndex"`
+}
+
+func (n *Node) status() status {
+	var applied uint64
+	_ = n.fsm.read(func(st *store) error { applied = st.index; return nil })
+	_, leader := n.raft.LeaderWithID()
+	return status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Applied: applied, Commit: n.raft.CommitIndex()}
+}
+
+// Members lists the configuration with each member's health, as seen by
+// asking every member for its status.
+func (n *Node) Members(ctx context.Context) ([]Member, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	_, leader := n.raft.LeaderWithID()
+	var out []Member
+	for _, s := range f.Configuration().Servers {
+		m := Member{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter, Leader: s.ID == leader}
+		var st status
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if s.ID == raft.ServerID(n.cfg.ID) {
+			st = n.status()
+		} else if err := n.call(cctx, m.Address, "GET", "/status", nil, &st); err != nil {
+			st = status{}
+		}
+		cancel()
+		m.Applied = st.Applied
+		m.Healthy = st.ID == m.ID && st.Leader != ""
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// addNonvoter adds a joining member. A member of the same ID is one whose
+// data was wiped: it is removed first, as a voter with an empty log would
+// count towards commits it no longer holds.
+func (n *Node) addNonvoter(m Member) error {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(m.ID) {
+			klog.Infof("dqlite: %s joins again with no state: removing its old membership first", m.ID)
+			if err := n.raft.RemoveServer(s.ID, 0, 30*time.Second).Error(); err != nil {
+				return err
+			}
+		}
+	}
+	return n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, 30*time.Second).Error()
+}
+
+// RemoveMember removes a member through the leader.
+func (n *Node) RemoveMember(ctx context.Context, id string) error {
+	body, _ := json.Marshal(Member{ID: id})
+	return n.call(ctx, n.cfg.Advertise, "POST", "/remove", body, nil)
+}
+
+// removeMember removes a member unless the healthy voters left would be
+// fewer than a quorum of the new configuration.
+func (n *Node) removeMember(ctx context.Context, id string) error {
+	ms, err := n.Members(ctx)
+	if err != nil {
+		return err
+	}
+	// The change must commit in the current configuration, and the new one
+	// must still have a quorum.
+	found, voters, healthy, votersAfter, healthyAfter := false, 0, 0, 0, 0
+	for _, m := range ms {
+		found = found || m.ID == id
+		if !m.Voter {
+			continue
+		}
+		voters++
+		if m.Healthy {
+			healthy++
+		}
+		if m.ID != id {
+			votersAfter++
+			if m.Healthy {
+				healthyAfter++
+			}
+		}
+	}
+	if !found {
+		return fmt.Errorf("no member called %s", id)
+	}
+	if healthy < voters/2+1 || healthyAfter < votersAfter/2+1 {
+		return fmt.Errorf("removing %s needs a quorum of healthy voters before and after (%d of %d healthy now, %d of %d after); bring members back first",
+			id, healthy, voters, healthyAfter, votersAfter)
+	}
+	return n.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error()
+}
+
+// join asks the cluster to add this member as a non-voter, then promotes it
+// in the background once it has caught up.
+func (n *Node) join(ctx context.Context) error {
+	body, _ := json.Marshal(Member{ID: n.cfg.ID, Address: n.cfg.Advertise})
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		err := n.call(cctx, n.cfg.Join, "POST", "/join", body, nil)
+		cancel()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errNoLeaderYet) {
+			return fmt.Errorf("dqlite: joining through %s: %w", n.cfg.Join, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("dqlite: joining through %s: %w", n.cfg.Join, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+// promote asks the leader to make this member a voter once its state has
+// caught up with the leader's commit index; it also finishes a promotion a
+// restart interrupted.
+func (n *Node) promote() {
+	defer n.wg.Done()
+	body, _ := json.Marshal(Member{ID: n.cfg.ID, Address: n.cfg.Advertise})
+	for !n.Voter() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := n.linearize(ctx)
+		if err == nil {
+			var addr string
+			if addr, err = n.leaderAddr(); err == nil {
+				err = n.call(ctx, addr, "POST", "/promote", body, nil)
+			}
+		}
+		cancel()
+		if err == nil {
+			klog.Infof("dqlite: %s caught up and is a voter", n.cfg.ID)
+			continue
+		}
+		klog.V(2).Infof("dqlite: promotion of %s: %v", n.cfg.ID, err)
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Voter reports whether this member votes.
+func (n *Node) Voter() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(n.cfg.ID) {
+			return s.Suffrage == raft.Voter
+		}
+	}
+	return false
+}

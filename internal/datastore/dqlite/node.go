@@ -1,0 +1,436 @@
+// Package dqlite is hakube's Dqlite mode: the Kubernetes key/value data in
+// SQLite, replicated by Raft (hashicorp/raft) on every server, served to the
+// apiserver through kine's etcd API over our own backend.
+//
+// Compared with dqlite and kine: reads are linearizable (read index checked
+// with the leader, never a stale read from a deposed leader), followers
+// forward writes to the leader, watches are fed from the applied log on every
+// member, and the Raft log is compacted with SQLite snapshots.
+package dqlite
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"k8s.io/klog/v2"
+)
+
+// Config configures one member.
+type Config struct {
+	// Dir holds the Raft log, snapshots and the SQLite state.
+	Dir string
+	// ID is the member's name in the cluster, unique and stable.
+	ID string
+	// Listen is the peer address to bind; Advertise what the others dial.
+	Listen, Advertise string
+	// Peer TLS files: the cluster's peer CA and this member's certificate,
+	// valid for both server and client use.
+	CAFile, CertFile, KeyFile string
+	// Bootstrap starts a new cluster with this member alone.
+	Bootstrap bool
+	// Join is a member's peer address to ask for membership when the member
+	// has no state yet.
+	Join string
+	// Timing; zero values take the defaults.
+	HeartbeatTimeout, ElectionTimeout time.Duration
+	// SnapshotThreshold is how many log entries trigger a snapshot, checked
+	// every SnapshotInterval.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+}
+
+// NewConfig returns a config with the defaults.
+func NewConfig() Config {
+	return Config{HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, SnapshotThreshold: 4096, SnapshotInterval: time.Minute}
+}
+
+// Validate checks the config before anything is written.
+func (c Config) Validate() error {
+	switch {
+	case c.Dir == "" || c.ID == "":
+		return errors.New("dqlite: a directory and a member ID are required")
+	case c.Listen == "" || c.Advertise == "":
+		return errors.New("dqlite: listen and advertise addresses are required")
+	case c.CAFile == "" || c.CertFile == "" || c.KeyFile == "":
+		return errors.New("dqlite: peer TLS files are required")
+	case c.Bootstrap && c.Join != "":
+		return errors.New("dqlite: a member either starts a cluster or joins one")
+	}
+	if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
+		return fmt.Errorf("dqlite: advertise address %q: %w", c.Advertise, err)
+	}
+	return nil
+}
+
+// HasState reports whether dir holds a member's Raft state.
+func HasState(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "raft.db"))
+	return err == nil
+}
+
+// ErrNotLeader is returned when no leader is known or reachable.
+var ErrNotLeader = errors.New("dqlite: no leader")
+
+// Node is one running member.
+type Node struct {
+	cfg   Config
+	raft  *raft.Raft
+	fsm   *fsm
+	mux   *mux
+	rpc   *http.Server
+	http  *http.Client
+	logs  *raftboltdb.BoltStore
+	trans *raft.NetworkTransport
+
+	// leaderGen counts leadership changes; readyGen is the generation whose
+	// barrier committed. Reads on a leader need them equal.
+	leaderGen, readyGen atomic.Uint64
+	stop                chan struct{}
+	wg                  sync.WaitGroup
+	removed             chan struct{}
+	removedOnce         sync.Once
+}
+
+// Start opens the member's state and starts Raft. A member that joins asks
+// the cluster for membership and is promoted to voter once caught up.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	fresh := !HasState(cfg.Dir)
+	serverTLS, clientTLS, err := peerTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// The SQLite state is rebuilt from the snapshot and the log every start.
+	statePath := filepath.Join(cfg.Dir, "state.db")
+	if err := removeFiles(statePath); err != nil {
+		return nil, err
+	}
+	st, err := openStore(statePath)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, fsm: newFSM(st), stop: make(chan struct{}), removed: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			n.Stop()
+		}
+	}()
+	ln, err := tls.Listen("tcp", cfg.Listen, serverTLS)
+	if err != nil {
+		return nil, fmt.Errorf("dqlite peer port: %w", err)
+	}
+	n.mux = newMux(ln, clientTLS)
+	adv, err := net.ResolveTCPAddr("tcp", cfg.Advertise)
+	if err != nil {
+		return nil, err
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "dqlite", Level: hclog.Warn, Output: klogWriter{}})
+	sl := &streamLayer{listener: newListener(n.mux, n.mux.raftc), advertise: adv}
+	n.trans = raft.NewNetworkTransportWithLogger(sl, 3, 10*time.Second, logger)
+	if n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")}); err != nil {
+		return nil, fmt.Errorf("dqlite log store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, logger)
+	if err != nil {
+		return nil, err
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = logger
+	rc.HeartbeatTimeout, rc.ElectionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.SnapshotThreshold
+	notify := make(chan bool, 16)
+	rc.NotifyCh = notify
+	if n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
+		return nil, fmt.Errorf("dqlite: starting Raft: %w", err)
+	}
+	n.http = &http.Client{Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.mux.dial(ctx, addr, kindRPC) },
+	}}
+	n.rpc = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = n.rpc.Serve(newListener(n.mux, n.mux.rpcc)) }()
+	n.wg.Add(3)
+	go n.watchLeadership(notify)
+	go n.expireLoop()
+	go n.membershipLoop()
+
+	if fresh && cfg.Bootstrap {
+		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: raft.ServerAddress(cfg.Advertise)}}})
+		if err := f.Error(); err != nil {
+			return nil, fmt.Errorf("dqlite: bootstrapping: %w", err)
+		}
+	}
+	if fresh && cfg.Join != "" {
+		if err := n.join(ctx); err != nil {
+			return nil, err
+		}
+	}
+	n.wg.Add(1)
+	go n.promote()
+	ok = true
+	return n, nil
+}
+
+func peerTLS(cfg Config) (server, client *tls.Config, err error) {
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dqlite peer certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dqlite peer CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, nil, fmt.Errorf("dqlite peer CA %s holds no certificate", cfg.CAFile)
+	}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return server, client, nil
+}
+
+// klogWriter sends Raft's log lines to klog.
+type klogWriter struct{}
+
+func (klogWriter) Write(p []byte) (int, error) {
+	klog.InfoDepth(4, string(p))
+	return len(p), nil
+}
+
+// Stop shuts the member down; its state stays on disk.
+func (n *Node) Stop() {
+	select {
+	case <-n.stop:
+		return
+	default:
+	}
+	close(n.stop)
+	// Requests in flight finish first, then Raft stops.
+	if n.rpc != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = n.rpc.Shutdown(ctx)
+		cancel()
+	}
+	if n.raft != nil {
+		_ = n.raft.Shutdown().Error()
+	}
+	if n.mux != nil {
+		n.mux.close()
+	}
+	if n.trans != nil {
+		_ = n.trans.Close()
+	}
+	n.wg.Wait()
+	if n.logs != nil {
+		_ = n.logs.Close()
+	}
+	n.fsm.hub.closeAll()
+	_ = n.fsm.read(func(st *store) error { return st.close() })
+}
+
+// Fatal reports a state machine failure: the member must stop.
+func (n *Node) Fatal() <-chan error { return n.fsm.fatal }
+
+// Removed is closed when the member learns it is no longer in the cluster.
+func (n *Node) Removed() <-chan struct{} { return n.removed }
+
+// watchLeadership commits a barrier at the start of each leadership so that
+// the commit index covers every entry of earlier terms before reads use it.
+func (n *Node) watchLeadership(notify <-chan bool) {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case leader := <-notify:
+			gen := n.leaderGen.Add(1)
+			if !leader {
+				continue
+			}
+			go func() {
+				for {
+					_, err := n.applyLocal(&command{Op: opBarrier}, 10*time.Second)
+					if err == nil {
+						for cur := n.readyGen.Load(); cur < gen && !n.readyGen.CompareAndSwap(cur, gen); cur = n.readyGen.Load() {
+						}
+						return
+					}
+					if n.leaderGen.Load() != gen || errors.Is(err, raft.ErrRaftShutdown) {
+						return
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}()
+		}
+	}
+}
+
+// applyLocal applies a command through this member, which must lead.
+func (n *Node) applyLocal(c *command, timeout time.Duration) (*result, error) {
+	c.Now = time.Now().UnixNano()
+	f := n.raft.Apply(c.marshal(), timeout)
+	if err := f.Error(); err != nil {
+		// Refused before it reached the log: safe to retry. A lost leadership
+		// is not: the entry may still commit.
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return nil, fmt.Errorf("%w: %v", errNoLeaderYet, err)
+		}
+		return nil, err
+	}
+	res, _ := f.Response().(*result)
+	if res == nil {
+		return nil, errors.New("dqlite: no result from the state machine")
+	}
+	return res, nil
+}
+
+// apply runs a write: on the leader directly, else forwarded to it.
+func (n *Node) apply(ctx context.Context, c *command) (*result, error) {
+	for {
+		var res *result
+		var err error
+		if n.raft.State() == raft.Leader {
+			timeout := 10 * time.Second
+			if d, ok := ctx.Deadline(); ok {
+				timeout = time.Until(d)
+			}
+			res, err = n.applyLocal(c, timeout)
+		} else {
+			res, err = n.forwardApply(ctx, c)
+		}
+		if err == nil {
+			return res, res.err()
+		}
+		// Only a write that surely did not reach a leader is retried.
+		if !errors.Is(err, errNoLeaderYet) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", ErrNotLeader, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// readIndex returns an index that covers every write acknowledged before the
+// call: the leader's commit index, checked to still be the leader's.
+func (n *Node) readIndex(ctx context.Context) (uint64, error) {
+	if n.raft.State() != raft.Leader {
+		return n.forwardReadIndex(ctx)
+	}
+	gen := n.leaderGen.Load()
+	if n.readyGen.Load() != gen {
+		return 0, fmt.Errorf("%w: the new leader has not committed its first entry yet", errNoLeaderYet)
+	}
+	idx := n.raft.CommitIndex()
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+	}
+	if n.leaderGen.Load() != gen {
+		return 0, fmt.Errorf("%w: leadership changed", errNoLeaderYet)
+	}
+	return idx, nil
+}
+
+// linearize waits until this member's state includes every write
+// acknowledged before the call.
+func (n *Node) linearize(ctx context.Context) error {
+	for {
+		idx, err := n.readIndex(ctx)
+		if err == nil {
+			return n.fsm.waitApplied(ctx, idx)
+		}
+		if !errors.Is(err, errNoLeaderYet) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNotLeader, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// errNoLeaderYet is a transient state worth a retry: an election or a new
+// leader's first commit is under way.
+var errNoLeaderYet = errors.New("dqlite: leader not ready")
+
+// expireLoop deletes keys whose lease ran out; only the leader proposes it,
+// with its clock in the command.
+func (n *Node) expireLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		if n.raft.State() != raft.Leader {
+			continue
+		}
+		var due bool
+		_ = n.fsm.read(func(st *store) error {
+			rows, err := st.expired(context.Background(), st.db, time.Now().UnixNano())
+			due = err == nil && len(rows) > 0
+			return err
+		})
+		if due {
+			if _, err := n.applyLocal(&command{Op: opExpire}, 10*time.Second); err != nil {
+				klog.V(2).Infof("dqlite: expiring leases: %v", err)
+			}
+		}
+	}
+}
+
+// membershipLoop notices this member's removal from the cluster.
+func (n *Node) membershipLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	wasMember := false
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		f := n.raft.GetConfiguration()
+		if f.Error() != nil {
+			continue
+		}
+		in := false
+		for _, s := range f.Configuration().Servers {
+			in = in || s.ID == raft.ServerID(n.cfg.ID)
+		}
+		if in {
+			wasMember = true
+		} else if wasMember {
+			n.removedOnce.Do(func() { close(n.removed) })
+		}
+	}
+}
