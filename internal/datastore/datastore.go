@@ -27,6 +27,7 @@ const (
 	Etcd         Kind = "etcd"
 	ExternalSQL  Kind = "external-sql"
 	ExternalEtcd Kind = "external-etcd"
+	Dqlite       Kind = "dqlite"
 )
 
 // Endpoint is how to reach a datastore through the etcd v3 API.

@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/fsutil"
@@ -33,8 +34,9 @@ type Config struct {
 	ClusterDNS       string
 	ClusterDomain    string
 
-	// ClusterInit starts a new cluster on embedded etcd.
+	// ClusterInit starts a new cluster on the embedded Datastore ("etcd" or "dqlite").
 	ClusterInit bool
+	Datastore   string
 	// Server is the URL of a server of the cluster to join.
 	Server string
 
@@ -110,6 +112,15 @@ func (c Config) Validate() error {
 	}
 	if msgs := validation.IsDNS1123Subdomain(c.ClusterDomain); len(msgs) > 0 {
 		add("--cluster-domain %q is not a valid domain: %s", c.ClusterDomain, strings.Join(msgs, "; "))
+	}
+	switch c.Datastore {
+	case "", string(datastore.Etcd):
+	case string(datastore.Dqlite):
+		if !c.ClusterInit {
+			add("--datastore=dqlite goes with --cluster-init on the first server; joining servers take the cluster's datastore and need no --datastore")
+		}
+	default:
+		add("--datastore %q: use etcd (the default) or dqlite", c.Datastore)
 	}
 	if c.ClusterInit && c.Server != "" {
 		add("--cluster-init and --server both given: the first server uses --cluster-init, the others --server")

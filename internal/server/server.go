@@ -18,6 +18,7 @@ import (
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/controlplane"
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
@@ -141,8 +142,9 @@ func Run(ctx context.Context, cfg Config) error {
 	joinSrv.Register(sup.Handle)
 
 	components := []component.Component{&dataDir{path: cfg.DataDir}}
+	_, isDqlite := ds.(*dqlite.Datastore)
 	switch {
-	case member == nil:
+	case member == nil && !isDqlite:
 		components = append(components, ds)
 	case cfg.Server != "":
 		client, err := join.NewClient(cfg.Server, tok)
@@ -201,11 +203,19 @@ func Run(ctx context.Context, cfg Config) error {
 	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, TokenPath(cfg.DataDir))
 	readyAt.Store(time.Now().UnixNano())
 
-	var datastoreStopped <-chan struct{}
+	var datastoreStopped, dqliteRemoved <-chan struct{}
+	var dqliteFatal <-chan error
 	if member != nil {
 		datastoreStopped = member.Stopped()
 	}
+	if d, ok := ds.(*dqlite.Datastore); ok {
+		dqliteFatal, dqliteRemoved = d.Node().Fatal(), d.Node().Removed()
+	}
 	select {
+	case err := <-dqliteFatal:
+		return fmt.Errorf("the Dqlite member failed: %w", err)
+	case <-dqliteRemoved:
+		return errors.New("this server was removed from the Dqlite cluster; to rejoin, move its data dir's server/db/dqlite away and start it with --server")
 	case <-ctx.Done():
 		klog.Infof("shutting down")
 		return nil
@@ -232,6 +242,8 @@ func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (d
 		return external.New(cfg.etcdConfig()), nil
 	case ep != "":
 		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep}), nil
+	case dqlite.HasState(dqlite.Dir(dbDir)) || (cfg.ClusterInit && cfg.Datastore == string(datastore.Dqlite)):
+		return dqlite.New(dqlite.ComponentConfig{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Bootstrap: cfg.ClusterInit}), nil
 	case cfg.ClusterInit || cfg.Server != "" || etcd.HasData(dbDir):
 		member = etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})
 		return member, member

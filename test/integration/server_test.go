@@ -29,8 +29,19 @@ import (
 	"github.com/hakube/hakube/test/harness"
 )
 
-func TestSingleServerLifecycle(t *testing.T) {
+func TestSingleServerLifecycle(t *testing.T) { testLifecycle(t) }
+
+// The same on a one-member Dqlite cluster: the apiserver on kine's etcd API
+// over the Raft-replicated SQLite backend.
+func TestSingleServerLifecycleDqlite(t *testing.T) {
+	testLifecycle(t, "--cluster-init", "--datastore=dqlite")
+}
+
+// testLifecycle drives one server started with args through writes, reads,
+// a restart and refused restarts.
+func testLifecycle(t *testing.T, args ...string) {
 	s := harness.NewServer(t, "server")
+	s.Args = append(s.Args, args...)
 	began := time.Now()
 	s.Start()
 	t.Logf("FIGURE ready_seconds=%.1f", time.Since(began).Seconds())
@@ -274,7 +285,8 @@ func checkFiles(t *testing.T, s *harness.Server) {
 	if len(keys) < 8 || len(etcdKeys) != 2 {
 		t.Fatalf("expected CA and leaf keys, found %v %v", keys, etcdKeys)
 	}
-	for _, k := range append(keys, etcdKeys...) {
+	dqliteKeys, _ := filepath.Glob(filepath.Join(s.DataDir, "server", "tls", "dqlite", "*.key"))
+	for _, k := range append(append(keys, etcdKeys...), dqliteKeys...) {
 		modes[k] = 0o600
 	}
 	for path, want := range modes {

@@ -1,0 +1,146 @@
+package dqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/k3s-io/kine/pkg/server"
+	"google.golang.org/grpc"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/netutil"
+	"github.com/hakube/hakube/internal/pki"
+)
+
+// PeerCert is the member's certificate for the peer port, from the peer CA.
+const PeerCert = "dqlite/peer"
+
+// DefaultPeerPort carries Raft and the members' RPCs.
+const DefaultPeerPort = 2380
+
+// ComponentConfig configures the Dqlite datastore of a server.
+type ComponentConfig struct {
+	// DBDir is <data-dir>/server/db; the member lives in DBDir/dqlite.
+	DBDir    string
+	NodeName string
+	NodeIP   net.IP
+	TLSDir   pki.Dir
+	PeerPort int
+	// Bootstrap starts a new cluster; Join is a member's peer address.
+	// Both are ignored when the member has state (a restart).
+	Bootstrap bool
+	Join      string
+}
+
+// Dir is where a member's state lives.
+func Dir(dbDir string) string { return filepath.Join(dbDir, "dqlite") }
+
+// Datastore is the Dqlite member plus kine's etcd API on a private socket.
+type Datastore struct {
+	cfg  ComponentConfig
+	node *Node
+	grpc *grpc.Server
+	ep   datastore.Endpoint
+}
+
+// New returns the component.
+func New(cfg ComponentConfig) *Datastore {
+	if cfg.PeerPort == 0 {
+		cfg.PeerPort = DefaultPeerPort
+	}
+	return &Datastore{cfg: cfg}
+}
+
+func (d *Datastore) Name() string                 { return "datastore (dqlite)" }
+func (d *Datastore) Kind() datastore.Kind         { return datastore.Dqlite }
+func (d *Datastore) Endpoint() datastore.Endpoint { return d.ep }
+
+// Node is the running member (nil before Start).
+func (d *Datastore) Node() *Node { return d.node }
+
+func (d *Datastore) socketPath() string {
+	return filepath.Join(filepath.Dir(d.cfg.DBDir), "dqlite.sock")
+}
+
+// Init checks that the peer port is free before anything is written.
+func (d *Datastore) Init(context.Context) error {
+	return netutil.CheckPortFree(d.cfg.NodeIP.String(), d.cfg.PeerPort, "the Dqlite peer port")
+}
+
+// Start mints the peer certificate, starts the member, and serves the etcd
+// API over it.
+func (d *Datastore) Start(ctx context.Context) error {
+	t := d.cfg.TLSDir
+	peerCA, err := t.LoadCA(pki.EtcdPeerCA)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(t.Cert(PeerCert)), 0o700); err != nil {
+		return err
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), d.cfg.NodeIP}
+	if err := peerCA.IssueFiles(pki.Leaf{CommonName: "dqlite-" + d.cfg.NodeName, IPs: ips, Usage: pki.ServerAuth | pki.ClientAuth},
+		t.Cert(PeerCert), t.Key(PeerCert)); err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(d.cfg.NodeIP.String(), strconv.Itoa(d.cfg.PeerPort))
+	nc := NewConfig()
+	nc.Dir, nc.ID, nc.Listen, nc.Advertise = Dir(d.cfg.DBDir), d.cfg.NodeName, addr, addr
+	nc.CAFile, nc.CertFile, nc.KeyFile = t.Cert(pki.EtcdPeerCA), t.Cert(PeerCert), t.Key(PeerCert)
+	if !HasState(nc.Dir) {
+		nc.Bootstrap, nc.Join = d.cfg.Bootstrap, d.cfg.Join
+		if !nc.Bootstrap && nc.Join == "" {
+			return errors.New("dqlite: no state, and neither a new cluster nor one to join")
+		}
+	}
+	if d.node, err = Start(ctx, nc); err != nil {
+		return err
+	}
+	sock := d.socketPath()
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("dqlite socket: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(maxCommand))
+	// kine's etcd API, with its own defaults for progress notifications and
+	// the etcd version it claims.
+	server.New(d.node.Backend(), "unix", 5*time.Second, "3.6.11").Register(d.grpc)
+	go func() { _ = d.grpc.Serve(ln) }()
+	d.ep = datastore.Endpoint{URLs: []string{"unix://" + sock}}
+	return nil
+}
+
+// Ready waits until the member serves a linearizable read.
+func (d *Datastore) Ready(ctx context.Context) error {
+	return datastore.WaitReachable(ctx, d.ep, 5*time.Minute)
+}
+
+// Stop stops serving, then the member.
+func (d *Datastore) Stop() error {
+	if d.grpc != nil {
+		done := make(chan struct{})
+		go func() { d.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			d.grpc.Stop()
+		}
+	}
+	if d.node != nil {
+		d.node.Stop()
+	}
+	return nil
+}
