@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anishathalye/porcupine"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hakube/hakube/test/harness"
+	lin "github.com/hakube/hakube/test/linearizability"
 )
 
 // Knobs for long runs: 'make robustness ITER=20 TRAFFIC=10'.
@@ -129,7 +129,7 @@ func selectedFaults(t *testing.T, p *peerProxy, n int) []Fault {
 func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) Row {
 	row := Row{Scenario: f.Name, Datastore: "etcd", Servers: len(c.Servers), Iteration: iter, Result: "fail"}
 	label := fmt.Sprintf("%s-%d", f.Name, iter)
-	hist := &history{start: time.Now()}
+	hist := lin.NewHistory()
 	// Writers stop first; watchers run until they have seen the final state.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -189,7 +189,7 @@ func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic ti
 		t.Fatalf("cluster did not recover: %v", err)
 	}
 	row.RecoverySecs = recovery.Seconds()
-	t.Logf("FIGURE %s recovery=%.2fs (heal at +%.1fs)", f.Name, recovery.Seconds(), healed.Sub(hist.start).Seconds())
+	t.Logf("FIGURE %s recovery=%.2fs (heal at +%.1fs)", f.Name, recovery.Seconds(), (hist.Since() - time.Since(healed)).Seconds())
 	time.Sleep(traffic)
 	cancel()
 	wg.Wait()
@@ -200,14 +200,8 @@ func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic ti
 		row.KVFailed += kv.failed
 	}
 	row.K8sOps, row.K8sFailed = writers.ok+writers.failed, writers.failed
-	res, info := porcupine.CheckOperationsVerbose(RegisterModel, hist.ops, time.Minute)
-	if res != porcupine.Ok {
-		violations = append(violations, fmt.Sprintf("etcd-API history is not linearizable (%s)", res))
-		dir := filepath.Join(artifactsDir(), label)
-		_ = os.MkdirAll(dir, 0o755)
-		_ = porcupine.VisualizePath(RegisterModel, info, filepath.Join(dir, "porcupine.html"))
-		b, _ := json.MarshalIndent(hist.ops, "", " ")
-		_ = os.WriteFile(filepath.Join(dir, "kv-history.json"), b, 0o644)
+	if err := hist.Check(filepath.Join(artifactsDir(), label)); err != nil {
+		violations = append(violations, "etcd-API: "+err.Error())
 	}
 	// A last write after the traffic: once a watcher has seen it, it has seen
 	// everything before it (other writes move the revision without events).

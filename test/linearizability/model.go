@@ -1,12 +1,16 @@
-// Package robustness injects faults into real hakube clusters while clients
-// record histories, then checks the histories: etcd-API operations for
-// linearizability with porcupine, Kubernetes writes and watches for loss,
-// order and gaps.
-package robustness
+// Package linearizability is the register model that histories of the
+// robustness suites are checked against with porcupine: per key, writes whose
+// outcome the client never learned may or may not have taken effect.
+package linearizability
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
+	"sync"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -122,3 +126,52 @@ var RegisterModel = (&porcupine.NondeterministicModel{
 	},
 	DescribeState: func(s any) string { return fmt.Sprintf("%q", s.(state)) },
 }).ToModel()
+
+// UnknownReturn places an operation whose outcome is unknown at the end of
+// time: it may have taken effect at any point after its call.
+const UnknownReturn = int64(1) << 62
+
+// History collects operations from many clients with one monotonic clock.
+type History struct {
+	mu    sync.Mutex
+	start time.Time
+	ops   []porcupine.Operation
+}
+
+// NewHistory starts the clock.
+func NewHistory() *History { return &History{start: time.Now()} }
+
+// Now is the time since the start, monotonic.
+func (h *History) Now() int64 { return int64(time.Since(h.start)) }
+
+// Since is the wall time since the start.
+func (h *History) Since() time.Duration { return time.Since(h.start) }
+
+// Add records one operation.
+func (h *History) Add(op porcupine.Operation) {
+	h.mu.Lock()
+	h.ops = append(h.ops, op)
+	h.mu.Unlock()
+}
+
+// Ops returns the recorded operations.
+func (h *History) Ops() []porcupine.Operation {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]porcupine.Operation(nil), h.ops...)
+}
+
+// Check checks the history; on a violation it writes porcupine's
+// visualisation and the history into dir and says so.
+func (h *History) Check(dir string) error {
+	ops := h.Ops()
+	res, info := porcupine.CheckOperationsVerbose(RegisterModel, ops, time.Minute)
+	if res == porcupine.Ok {
+		return nil
+	}
+	_ = os.MkdirAll(dir, 0o755)
+	_ = porcupine.VisualizePath(RegisterModel, info, filepath.Join(dir, "porcupine.html"))
+	b, _ := json.MarshalIndent(ops, "", " ")
+	_ = os.WriteFile(filepath.Join(dir, "kv-history.json"), b, 0o644)
+	return fmt.Errorf("history of %d operations is not linearizable (%s); porcupine's view and the history are in %s", len(ops), res, dir)
+}

@@ -1,4 +1,4 @@
-package robustness
+package linearizability
 
 import (
 	"testing"
