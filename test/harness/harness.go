@@ -262,6 +262,12 @@ func (s *Server) ExitCode() int {
 	return 0
 }
 
+// FullLog is the log of every run of the server.
+func (s *Server) FullLog() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
+}
+
 // CurrentLog is the log of the current (or last) run.
 func (s *Server) CurrentLog() string {
 	b, _ := os.ReadFile(s.logPath)

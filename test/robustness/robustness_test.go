@@ -16,7 +16,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/hakube/hakube/test/harness"
 	lin "github.com/hakube/hakube/test/linearizability"
@@ -45,6 +47,7 @@ type Row struct {
 	WatchEvents  int     `json:"watchEvents"`
 	Relists      int     `json:"watchRelists"`
 	Violations   int     `json:"violations"`
+	SelfRestarts int     `json:"selfRestarts"`
 	HealSecs     float64 `json:"healSeconds"`
 	RecoverySecs float64 `json:"recoverySeconds"`
 	Result       string  `json:"result"`
@@ -61,10 +64,10 @@ func writeSummary(t *testing.T, rows []Row) {
 	b, _ := json.MarshalIndent(rows, "", "  ")
 	_ = os.WriteFile(filepath.Join(dir, "summary.json"), b, 0o644)
 	var md strings.Builder
-	md.WriteString("| scenario | datastore | servers | iter | kv ops (failed) | k8s ops (failed) | watch events (relists) | violations | heal s | recovery s | result |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	md.WriteString("| scenario | datastore | servers | iter | kv ops (failed) | k8s ops (failed) | watch events (relists) | violations | self-restarts | heal s | recovery s | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&md, "| %s | %s | %d | %d | %d (%d) | %d (%d) | %d (%d) | %d | %.1f | %.1f | %s |\n", r.Scenario, r.Datastore, r.Servers, r.Iteration,
-			r.KVOps, r.KVFailed, r.K8sOps, r.K8sFailed, r.WatchEvents, r.Relists, r.Violations, r.HealSecs, r.RecoverySecs, r.Result)
+		fmt.Fprintf(&md, "| %s | %s | %d | %d | %d (%d) | %d (%d) | %d (%d) | %d | %d | %.1f | %.1f | %s |\n", r.Scenario, r.Datastore, r.Servers, r.Iteration,
+			r.KVOps, r.KVFailed, r.K8sOps, r.K8sFailed, r.WatchEvents, r.Relists, r.Violations, r.SelfRestarts, r.HealSecs, r.RecoverySecs, r.Result)
 	}
 	_ = os.WriteFile(filepath.Join(dir, "summary.md"), []byte(md.String()), 0o644)
 }
@@ -126,9 +129,11 @@ func selectedFaults(t *testing.T, p *peerProxy, n int) []Fault {
 	return out
 }
 
-func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) Row {
-	row := Row{Scenario: f.Name, Datastore: "etcd", Servers: len(c.Servers), Iteration: iter, Result: "fail"}
+func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic time.Duration) (row Row) {
+	row = Row{Scenario: f.Name, Datastore: "etcd", Servers: len(c.Servers), Iteration: iter, Result: "fail"}
 	label := fmt.Sprintf("%s-%d", f.Name, iter)
+	restartsBefore := selfRestarts(c)
+	defer func() { row.SelfRestarts = selfRestarts(c) - restartsBefore }()
 	hist := lin.NewHistory()
 	// Writers stop first; watchers run until they have seen the final state.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -149,12 +154,11 @@ func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic ti
 	}
 	list := func() (map[string]string, string) {
 		t.Helper()
-		lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer lcancel()
-		l, err := c.Servers[0].Client().CoreV1().ConfigMaps(namespace).List(lctx, metav1.ListOptions{LabelSelector: "robustness=" + label})
-		if err != nil {
-			t.Fatalf("listing: %v", err)
-		}
+		var l *corev1.ConfigMapList
+		anyServer(t, c, "listing", func(ctx context.Context, cs kubernetes.Interface) (err error) {
+			l, err = cs.CoreV1().ConfigMaps(namespace).List(ctx, metav1.ListOptions{LabelSelector: "robustness=" + label})
+			return err
+		})
 		out := map[string]string{}
 		for _, cm := range l.Items {
 			out[cm.Name] = cm.Data["v"]
@@ -206,21 +210,24 @@ func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic ti
 	// A last write after the traffic: once a watcher has seen it, it has seen
 	// everything before it (other writes move the revision without events).
 	barrier := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: label + "-barrier", Labels: map[string]string{"robustness": label}}}
-	bctx, bcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	created, err := c.Servers[0].Client().CoreV1().ConfigMaps(namespace).Create(bctx, barrier, metav1.CreateOptions{})
-	bcancel()
-	if err != nil {
-		t.Fatalf("writing the barrier: %v", err)
-	}
+	var created *corev1.ConfigMap
+	anyServer(t, c, "writing the barrier", func(ctx context.Context, cs kubernetes.Interface) (err error) {
+		created, err = cs.CoreV1().ConfigMaps(namespace).Create(ctx, barrier, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) { // an earlier attempt applied
+			created, err = cs.CoreV1().ConfigMaps(namespace).Get(ctx, barrier.Name, metav1.GetOptions{})
+		}
+		return err
+	})
 	final, _ := list()
 	barrierRV, _ := strconv.ParseInt(created.ResourceVersion, 10, 64)
+	// A server that restarted itself needs time to serve its watch again.
 	for i, wt := range watchers {
-		deadline := time.Now().Add(30 * time.Second)
+		deadline := time.Now().Add(90 * time.Second)
 		for !wt.caughtUp(barrierRV) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		if !wt.caughtUp(barrierRV) {
-			violations = append(violations, fmt.Sprintf("watcher on %s did not see the barrier write within 30s", c.Servers[i].Name))
+			violations = append(violations, fmt.Sprintf("watcher on %s did not see the barrier write within 90s", c.Servers[i].Name))
 		}
 	}
 	stopWatchers()
@@ -247,6 +254,37 @@ func runScenario(t *testing.T, c *harness.Cluster, f Fault, iter int, traffic ti
 	row.Result = "pass"
 	return row
 }
+
+// anyServer runs fn against each server in turn until one succeeds: a server
+// may be restarting itself. It gives up after two minutes.
+func anyServer(t *testing.T, c *harness.Cluster, what string, fn func(context.Context, kubernetes.Interface) error) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := fn(ctx, c.Servers[i%len(c.Servers)].Client())
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// selfRestarts counts, per server, the in-place restarts hakube logged.
+func selfRestarts(c *harness.Cluster) int {
+	n := 0
+	for _, s := range c.Servers {
+		n += strings.Count(s.FullLog(), restartLine)
+	}
+	return n
+}
+
+// restartLine is what hakube logs when it restarts itself in place.
+const restartLine = "stopping the server to restart it in place"
 
 // waitRecovered waits until every server's API accepts a write; it returns how
 // long that took.
