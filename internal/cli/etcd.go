@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/server"
@@ -23,7 +24,7 @@ func newEtcdCommand() *cobra.Command {
 	dataDir := server.NewConfig().DataDir
 	cmd := &cobra.Command{
 		Use:   "etcd",
-		Short: "Manage the embedded etcd cluster (run on a server; credentials come from --data-dir)",
+		Short: "Manage the embedded etcd or Dqlite cluster (run on a server; credentials come from --data-dir)",
 		PersistentPreRun: func(*cobra.Command, []string) {
 			// gRPC's connection retries are noise here; failures come back as errors.
 			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
@@ -39,6 +40,36 @@ func newEtcdCommand() *cobra.Command {
 		return datastore.Client(ep)
 	}
 
+	// A server on Dqlite answers the same commands through its member.
+	dqliteClient := func() (*dqlite.Client, bool, error) {
+		dbDir := filepath.Join(dataDir, "server", "db")
+		if !dqlite.HasState(dqlite.Dir(dbDir)) {
+			return nil, false, nil
+		}
+		c, err := dqlite.LocalClient(dbDir, pki.Dir(filepath.Join(dataDir, "server", "tls")))
+		return c, true, err
+	}
+	members := func(cmd *cobra.Command) ([]etcd.Member, error) {
+		if dc, ok, err := dqliteClient(); ok {
+			if err != nil {
+				return nil, err
+			}
+			ms, err := dc.Members(cmd.Context())
+			out := make([]etcd.Member, 0, len(ms))
+			for _, m := range ms {
+				out = append(out, etcd.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter,
+					Leader: m.Leader, Healthy: m.Healthy, RaftIndex: m.Applied})
+			}
+			return out, err
+		}
+		cli, err := connect()
+		if err != nil {
+			return nil, err
+		}
+		defer cli.Close()
+		return etcd.Members(cmd.Context(), cli)
+	}
+
 	var output string
 	list := &cobra.Command{
 		Use:     "list",
@@ -46,12 +77,7 @@ func newEtcdCommand() *cobra.Command {
 		Short:   "List members: name, ID, peer URL, voter or learner, leader, health",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cli, err := connect()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			members, err := etcd.Members(cmd.Context(), cli)
+			members, err := members(cmd)
 			if err != nil {
 				return err
 			}
@@ -79,6 +105,16 @@ func newEtcdCommand() *cobra.Command {
 		Short: "Remove a member (refused when the removal would lose quorum)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if dc, ok, err := dqliteClient(); ok {
+				if err == nil {
+					err = dc.Remove(cmd.Context(), args[0])
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, move its <data-dir>/server/db/dqlite away and start it with --server https://<a remaining server>:6443.\n", args[0])
+				return nil
+			}
 			cli, err := connect()
 			if err != nil {
 				return err

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,22 +25,35 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/token"
 	"github.com/hakube/hakube/test/harness"
 )
 
-func TestSingleServerLifecycle(t *testing.T) { testLifecycle(t) }
+func TestSingleServerLifecycle(t *testing.T) { testLifecycle(t, nil) }
 
 // The same on a one-member Dqlite cluster: the apiserver on kine's etcd API
-// over the Raft-replicated SQLite backend.
+// over the Raft-replicated SQLite backend; the member commands work on it.
 func TestSingleServerLifecycleDqlite(t *testing.T) {
-	testLifecycle(t, "--cluster-init", "--datastore=dqlite")
+	testLifecycle(t, func(t *testing.T, s *harness.Server) {
+		out, code := s.Hakube("etcd", "member", "list", "-o", "json")
+		var ms []etcd.Member
+		if code != 0 || json.Unmarshal([]byte(out[strings.Index(out, "["):]), &ms) != nil {
+			t.Fatalf("member list: exit %d\n%s", code, out)
+		}
+		if len(ms) != 1 || !ms[0].Leader || !ms[0].Healthy || ms[0].Learner || ms[0].Name != "server" {
+			t.Fatalf("member list of a one-member Dqlite cluster: %+v", ms)
+		}
+		if out, code := s.Hakube("etcd", "member", "remove", "server"); code == 0 || !strings.Contains(out, "quorum") {
+			t.Fatalf("removing the only member: exit %d\n%s", code, out)
+		}
+	}, "--cluster-init", "--datastore=dqlite", "--node-name=server")
 }
 
 // testLifecycle drives one server started with args through writes, reads,
-// a restart and refused restarts.
-func testLifecycle(t *testing.T, args ...string) {
+// a restart and refused restarts; check runs while it is up.
+func testLifecycle(t *testing.T, check func(*testing.T, *harness.Server), args ...string) {
 	s := harness.NewServer(t, "server")
 	s.Args = append(s.Args, args...)
 	began := time.Now()
@@ -110,6 +124,9 @@ func testLifecycle(t *testing.T, args ...string) {
 
 	checkAuth(t, s)
 	checkFiles(t, s)
+	if check != nil {
+		check(t, s)
+	}
 
 	// Restart: every object is still there, deleted ones stay gone.
 	if code := s.Stop(); code != 0 {

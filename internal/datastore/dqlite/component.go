@@ -102,6 +102,9 @@ func (d *Datastore) Start(ctx context.Context) error {
 	if d.node, err = Start(ctx, nc); err != nil {
 		return err
 	}
+	if err := os.WriteFile(filepath.Join(nc.Dir, addressFile), []byte(addr+"\n"), 0o600); err != nil {
+		return err
+	}
 	sock := d.socketPath()
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

@@ -166,9 +166,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
 		return nil, fmt.Errorf("dqlite: starting Raft: %w", err)
 	}
-	n.http = &http.Client{Transport: &http.Transport{
-		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.mux.dial(ctx, addr, kindRPC) },
-	}}
+	n.http = rpcClient(clientTLS)
 	n.rpc = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = n.rpc.Serve(newListener(n.mux, n.mux.rpcc)) }()
 	n.wg.Add(3)

@@ -3,10 +3,12 @@ package dqlite
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -157,14 +159,27 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// call sends an RPC to addr and decodes a JSON answer into out (if not nil).
-// A "not the leader" answer is errNoLeaderYet: nothing happened, retry.
+// rpcClient is an HTTP client whose connections are the mux's RPC kind.
+func rpcClient(client *tls.Config) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return dialPeer(ctx, client, addr, kindRPC)
+		},
+	}}
+}
+
 func (n *Node) call(ctx context.Context, addr, method, path string, body []byte, out any) error {
+	return callRPC(ctx, n.http, addr, method, path, body, out)
+}
+
+// callRPC sends an RPC to addr and decodes a JSON answer into out (if not
+// nil). A "not the leader" answer is errNoLeaderYet: nothing happened, retry.
+func callRPC(ctx context.Context, hc *http.Client, addr, method, path string, body []byte, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	resp, err := n.http.Do(req)
+	resp, err := hc.Do(req)
 	var de *dialError
 	if errors.As(err, &de) {
 		return fmt.Errorf("%w: %v", errNoLeaderYet, err)

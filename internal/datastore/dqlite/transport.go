@@ -90,7 +90,11 @@ func (m *mux) close() {
 
 // dial opens a connection of the given kind to a member.
 func (m *mux) dial(ctx context.Context, addr string, kind byte) (net.Conn, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: m.client}
+	return dialPeer(ctx, m.client, addr, kind)
+}
+
+func dialPeer(ctx context.Context, client *tls.Config, addr string, kind byte) (net.Conn, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: client}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, &dialError{err}
