@@ -8,14 +8,15 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
 // StartPostgres runs a real PostgreSQL server from Debian's packages on a free
-// loopback port, as the postgres user, and returns a DSN for it.
-func StartPostgres(t testing.TB) string {
+// loopback port, as the postgres user.
+func StartPostgres(t testing.TB) *Postgres {
 	t.Helper()
 	RequireRoot(t)
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
@@ -81,5 +82,42 @@ func StartPostgres(t testing.TB) string {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Sprintf("postgres://postgres@%s/kubernetes?sslmode=disable", addr)
+	return &Postgres{DSN: fmt.Sprintf("postgres://postgres@%s/kubernetes?sslmode=disable", addr), pgid: cmd.Process.Pid}
+}
+
+// Postgres is a running PostgreSQL server.
+type Postgres struct {
+	DSN  string
+	pgid int // the postmaster's process ID and group
+}
+
+// Freeze stops every PostgreSQL process (SIGSTOP): a database that hangs.
+func (p *Postgres) Freeze() error { return p.signalAll(syscall.SIGSTOP) }
+
+// Thaw resumes them.
+func (p *Postgres) Thaw() error { return p.signalAll(syscall.SIGCONT) }
+
+// signalAll signals the postmaster and its children, which PostgreSQL puts
+// in process groups of their own.
+func (p *Postgres) signalAll(sig syscall.Signal) error {
+	pids := []int{p.pgid}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(p.pgid) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+			pids = append(pids, pid)
+		}
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil {
+			return err
+		}
+	}
+	return nil
 }

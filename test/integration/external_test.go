@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,7 +18,7 @@ import (
 // TestExternalPostgres runs a server on a real PostgreSQL through kine, restarts
 // it, and checks that the state lived in PostgreSQL and not on local disk.
 func TestExternalPostgres(t *testing.T) {
-	dsn := harness.StartPostgres(t)
+	dsn := harness.StartPostgres(t).DSN
 	s := harness.NewServer(t, "server-pg")
 	s.Args = []string{"--datastore-endpoint", dsn, "--token", "pg-secret"}
 	s.Start()
@@ -71,3 +72,56 @@ func TestExternalPostgres(t *testing.T) {
 		t.Fatalf("other token on the same datastore: exit %d\n%s", code, out)
 	}
 }
+
+// TestRestartInPlaceAfterDatastoreStall freezes the datastore for longer than
+// the controller manager's 10 s lease renew deadline: upstream then ends the
+// process; hakube restarts itself in place and serves again once the
+// datastore is back, with the same process and all its objects.
+func TestRestartInPlaceAfterDatastoreStall(t *testing.T) {
+	pg := harness.StartPostgres(t)
+	s := harness.NewServer(t, "server-stall")
+	s.Args = []string{"--datastore-endpoint", pg.DSN, "--token", "stall-secret"}
+	s.Start()
+	ctx := context.Background()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "before-stall"}}
+	if _, err := s.Client().CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Only a server that has been up for a minute restarts in place.
+	time.Sleep(65 * time.Second)
+	if err := pg.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("datastore frozen")
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(s.CurrentLog(), restartLine) {
+		if time.Now().After(deadline) {
+			_ = pg.Thaw()
+			t.Fatal("no in-place restart within 90 s of the datastore freezing")
+		}
+		if !s.Running() {
+			t.Fatalf("the server exited (code %d) instead of restarting in place", s.ExitCode())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err := pg.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("in-place restart began; datastore thawed")
+	deadline = time.Now().Add(2 * time.Minute)
+	for strings.Count(s.CurrentLog(), "hakube is ready") < 2 {
+		if time.Now().After(deadline) || !s.Running() {
+			t.Fatalf("the server did not become ready again (running: %v)", s.Running())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if _, err := s.Client().CoreV1().ConfigMaps("default").Get(ctx, "before-stall", metav1.GetOptions{}); err != nil {
+		t.Fatalf("after the in-place restart: %v", err)
+	}
+	if out, err := s.Kubectl("create", "configmap", "after-stall"); err != nil {
+		t.Fatalf("write after the in-place restart: %v\n%s", err, out)
+	}
+}
+
+// restartLine is what hakube logs when it restarts itself in place.
+const restartLine = "stopping the server to restart it in place"
