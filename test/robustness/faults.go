@@ -80,7 +80,7 @@ func Faults(p *peerProxy) []Fault {
 // pickVictim returns the leader's server, or the first follower's.
 func pickVictim(t testing.TB, c *harness.Cluster, leader bool) *harness.Server {
 	l := c.Leader(t, c.Servers[0])
-	if leader {
+	if leader || len(c.Servers) == 1 { // faults on the whole cluster take any victim
 		return l
 	}
 	for _, s := range c.Servers {
