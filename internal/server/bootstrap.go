@@ -57,14 +57,16 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	}
 	// The datastore kind is what this server runs on: after a migration the
 	// record still names the old kind, so it is updated rather than compared.
+	// A joining server learns its kind from the cluster, so ask the datastore now.
+	kind := string(b.ds.Kind())
 	mine := b.critical
 	mine.Datastore = data.Critical.Datastore
 	if m := mine.Mismatches(data.Critical); len(m) > 0 {
 		return bootstrap.MismatchError(m)
 	}
-	if data.Critical.Datastore != b.critical.Datastore {
-		klog.Infof("the cluster's datastore is now %s (was %s)", b.critical.Datastore, data.Critical.Datastore)
-		data.Critical.Datastore = b.critical.Datastore
+	if data.Critical.Datastore != kind {
+		klog.Infof("the cluster's datastore is now %s (was %s)", kind, data.Critical.Datastore)
+		data.Critical.Datastore = kind
 		if err := bootstrap.Store(ctx, cli, b.tok.Secret, data); err != nil {
 			return err
 		}
@@ -97,7 +99,9 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 	if err != nil {
 		return bootstrap.Data{}, err
 	}
-	data := bootstrap.Data{Files: files, Critical: b.critical}
+	critical := b.critical
+	critical.Datastore = string(b.ds.Kind())
+	data := bootstrap.Data{Files: files, Critical: critical}
 	created, err := bootstrap.Create(ctx, cli, b.tok.Secret, data)
 	if err != nil {
 		return bootstrap.Data{}, err

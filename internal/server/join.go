@@ -27,7 +27,10 @@ type joinCluster struct {
 	tlsDir   pki.Dir
 	dbDir    string
 	critical bootstrap.Critical
-	member   *etcd.Etcd
+	// member is the local etcd member of a server restarting from its data;
+	// target the datastore of a server joining for the first time.
+	member *etcd.Etcd
+	target *joiningDatastore
 }
 
 func (j *joinCluster) Name() string                { return "join via " + j.client.URL }
@@ -78,11 +81,18 @@ func (j *joinCluster) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if data.Critical.Datastore == string(datastore.SQLite) {
+	switch kind := datastore.Kind(data.Critical.Datastore); kind {
+	case datastore.SQLite:
 		return fmt.Errorf("the server at %s runs on a single-server SQLite datastore, which other servers cannot join; "+
 			"restart it with --cluster-init to move its data to etcd, then join it", j.client.URL)
+	case datastore.Etcd, datastore.Dqlite:
+	default:
+		return fmt.Errorf("the server at %s runs on an external datastore (%s): start this server with the same --datastore-endpoint instead of --server", j.client.URL, kind)
 	}
-	if m := j.critical.Mismatches(data.Critical); len(m) > 0 {
+	// A joining server takes the cluster's embedded datastore, whichever it is.
+	mine := j.critical
+	mine.Datastore = data.Critical.Datastore
+	if m := mine.Mismatches(data.Critical); len(m) > 0 {
 		return bootstrap.MismatchError(m)
 	}
 	if _, err := j.tlsDir.WriteShared(data.Files); err != nil {
@@ -93,16 +103,36 @@ func (j *joinCluster) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var endpoints []string
+	var endpoints, peers []string
 	for _, m := range members {
 		if !m.Learner {
 			endpoints = append(endpoints, m.ClientURLs...)
+			peers = append(peers, m.PeerURLs...)
 		}
+	}
+	if data.Critical.Datastore == string(datastore.Dqlite) {
+		if len(peers) == 0 {
+			return fmt.Errorf("the server at %s lists no Dqlite members", j.client.URL)
+		}
+		addr, err := peerAddress(peers[0])
+		if err != nil {
+			return err
+		}
+		if j.target == nil {
+			return fmt.Errorf("this server has etcd data but the cluster at %s runs on Dqlite; move %s away to join it", j.client.URL, etcd.Dir(j.dbDir))
+		}
+		klog.Infof("join: the cluster runs on Dqlite; joining through member %s", addr)
+		j.target.useDqlite(addr)
+		return nil
 	}
 	if len(endpoints) == 0 {
 		return fmt.Errorf("the server at %s lists no etcd members", j.client.URL)
 	}
-	j.member.JoinVia(endpoints)
+	if j.target != nil {
+		j.target.useEtcd(endpoints)
+	} else {
+		j.member.JoinVia(endpoints)
+	}
 	return nil
 }
 

@@ -136,22 +136,32 @@ func Run(ctx context.Context, cfg Config) error {
 			return d, err
 		},
 	}
-	if member != nil {
-		joinSrv.Members = func(ctx context.Context) ([]join.Member, error) { return listJoinMembers(ctx, ds.Endpoint()) }
+	joinSrv.Members = func(ctx context.Context) ([]join.Member, error) {
+		switch d := embedded(ds).(type) {
+		case *etcd.Etcd:
+			return listJoinMembers(ctx, ds.Endpoint())
+		case *dqlite.Datastore:
+			return dqliteJoinMembers(ctx, d)
+		}
+		return nil, nil
 	}
 	joinSrv.Register(sup.Handle)
 
 	components := []component.Component{&dataDir{path: cfg.DataDir}}
 	_, isDqlite := ds.(*dqlite.Datastore)
+	joining, isJoining := ds.(*joiningDatastore)
 	switch {
-	case member == nil && !isDqlite:
+	case isDqlite && dqlite.HasState(dqlite.Dir(dbDir)):
+		// A restart: the member finds its cluster from its own state.
+		components = append(components, ds)
+	case member == nil && !isDqlite && !isJoining:
 		components = append(components, ds)
 	case cfg.Server != "":
 		client, err := join.NewClient(cfg.Server, tok)
 		if err != nil {
 			return err
 		}
-		components = append(components, &joinCluster{client: client, tlsDir: tlsDir, dbDir: dbDir, critical: critical, member: member}, ds)
+		components = append(components, &joinCluster{client: client, tlsDir: tlsDir, dbDir: dbDir, critical: critical, member: member, target: joining}, ds)
 	default:
 		components = append(components,
 			step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }),
@@ -205,10 +215,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var datastoreStopped, dqliteRemoved <-chan struct{}
 	var dqliteFatal <-chan error
-	if member != nil {
-		datastoreStopped = member.Stopped()
-	}
-	if d, ok := ds.(*dqlite.Datastore); ok {
+	switch d := embedded(ds).(type) {
+	case *etcd.Etcd:
+		member = d
+		datastoreStopped = d.Stopped()
+	case *dqlite.Datastore:
 		dqliteFatal, dqliteRemoved = d.Node().Fatal(), d.Node().Removed()
 	}
 	select {
@@ -237,14 +248,18 @@ func Run(ctx context.Context, cfg Config) error {
 // newDatastore picks the datastore; member is the embedded etcd one, if chosen.
 func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (ds datastore.Datastore, member *etcd.Etcd) {
 	dbDir := filepath.Join(cfg.serverDir(), "db")
+	dqliteCfg := dqlite.ComponentConfig{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Bootstrap: cfg.ClusterInit}
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
 		return external.New(cfg.etcdConfig()), nil
 	case ep != "":
 		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep}), nil
 	case dqlite.HasState(dqlite.Dir(dbDir)) || (cfg.ClusterInit && cfg.Datastore == string(datastore.Dqlite)):
-		return dqlite.New(dqlite.ComponentConfig{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Bootstrap: cfg.ClusterInit}), nil
-	case cfg.ClusterInit || cfg.Server != "" || etcd.HasData(dbDir):
+		return dqlite.New(dqliteCfg), nil
+	case cfg.Server != "" && !etcd.HasData(dbDir):
+		return &joiningDatastore{nodeIP: nodeIP, dqliteCfg: dqliteCfg,
+			etcd: etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})}, nil
+	case cfg.ClusterInit || etcd.HasData(dbDir):
 		member = etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})
 		return member, member
 	default:

@@ -88,10 +88,11 @@ func (c *Cluster) WaitVoters(t testing.TB, s *Server, n int) []etcd.Member {
 	}
 }
 
-// ServerOf returns the server whose etcd member is called name.
+// ServerOf returns the server whose datastore member is called name.
 func (c *Cluster) ServerOf(name string) *Server {
 	for _, s := range c.Servers {
-		if strings.HasPrefix(name, s.Name+"-") {
+		// etcd members are "<node>-<random>", Dqlite members "<node>".
+		if name == s.Name || strings.HasPrefix(name, s.Name+"-") {
 			return s
 		}
 	}

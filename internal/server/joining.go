@@ -1,0 +1,107 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/url"
+	"strconv"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/netutil"
+)
+
+// joiningDatastore is the embedded datastore of a server joining a cluster
+// for the first time: etcd or Dqlite, whichever the cluster runs, which the
+// join step learns from the bootstrap data before this component starts.
+type joiningDatastore struct {
+	nodeIP    net.IP
+	etcd      *etcd.Etcd
+	dqliteCfg dqlite.ComponentConfig
+	chosen    datastore.Datastore
+}
+
+func (j *joiningDatastore) Name() string { return "datastore (the cluster's)" }
+
+// Kind is etcd until the cluster's kind is known.
+func (j *joiningDatastore) Kind() datastore.Kind {
+	if j.chosen == nil {
+		return datastore.Etcd
+	}
+	return j.chosen.Kind()
+}
+
+func (j *joiningDatastore) Endpoint() datastore.Endpoint { return j.chosen.Endpoint() }
+
+// Init checks the peer port both kinds use; the chosen one checks the rest.
+func (j *joiningDatastore) Init(context.Context) error {
+	return netutil.CheckPortFree(j.nodeIP.String(), dqlite.DefaultPeerPort, "the datastore peer port")
+}
+
+func (j *joiningDatastore) Start(ctx context.Context) error {
+	if j.chosen == nil {
+		return errors.New("the cluster's datastore kind is unknown: the join step did not run")
+	}
+	if err := j.chosen.Init(ctx); err != nil {
+		return err
+	}
+	return j.chosen.Start(ctx)
+}
+
+func (j *joiningDatastore) Ready(ctx context.Context) error { return j.chosen.Ready(ctx) }
+
+func (j *joiningDatastore) Stop() error {
+	if j.chosen == nil {
+		return nil
+	}
+	return j.chosen.Stop()
+}
+
+// useEtcd joins an etcd cluster through its members' client URLs.
+func (j *joiningDatastore) useEtcd(endpoints []string) {
+	j.etcd.JoinVia(endpoints)
+	j.chosen = j.etcd
+}
+
+// useDqlite joins a Dqlite cluster through a member's peer address.
+func (j *joiningDatastore) useDqlite(peerAddr string) {
+	cfg := j.dqliteCfg
+	cfg.Join = peerAddr
+	j.chosen = dqlite.New(cfg)
+}
+
+// embedded is the datastore behind ds: the chosen one of a joining server.
+func embedded(ds datastore.Datastore) datastore.Datastore {
+	if j, ok := ds.(*joiningDatastore); ok && j.chosen != nil {
+		return j.chosen
+	}
+	return ds
+}
+
+// dqliteJoinMembers lists a Dqlite cluster's members to joiners.
+func dqliteJoinMembers(ctx context.Context, d *dqlite.Datastore) ([]join.Member, error) {
+	ms, err := d.Node().Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]join.Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, join.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter})
+	}
+	return out, nil
+}
+
+// peerAddress turns a member's peer URL into host:port.
+func peerAddress(peerURL string) (string, error) {
+	u, err := url.Parse(peerURL)
+	if err != nil {
+		return "", err
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), strconv.Itoa(dqlite.DefaultPeerPort)), nil
+	}
+	return u.Host, nil
+}
