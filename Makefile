@@ -33,13 +33,14 @@ e2e: build
 
 test: lint unit e2e
 
-# Fault-injection runs on SERVERS servers: ITER iterations of every scenario (or of FAULTS, comma-separated), TRAFFIC seconds of
-# traffic before and after each fault.
+# Fault-injection runs on SERVERS servers of DATASTORE (etcd or dqlite): ITER iterations of every scenario
+# (or of FAULTS, comma-separated), TRAFFIC seconds of traffic before and after each fault.
+DATASTORE ?= etcd
 SERVERS ?= 3
 ITER ?= 20
 TRAFFIC ?= 5
 robustness: build
-	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) ROBUSTNESS_SERVERS=$(SERVERS) \
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) ROBUSTNESS_SERVERS=$(SERVERS) ROBUSTNESS_DATASTORE=$(DATASTORE) \
 		go test -count=1 -timeout 600m -v -run TestRobustness ./test/robustness/
 
 fuzz:

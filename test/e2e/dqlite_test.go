@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hakube/hakube/test/harness"
 )
@@ -58,7 +55,7 @@ func TestDqliteHACluster(t *testing.T) {
 			t.Fatalf("%s sees %d of 100 configmaps", s.Name, n)
 		}
 	}
-	sameEverywhere(t, c)
+	c.CheckSameConfigMaps(t, "default")
 
 	// Leader killed: a write through another server is acknowledged, and the
 	// restarted server catches up.
@@ -88,7 +85,7 @@ func TestDqliteHACluster(t *testing.T) {
 		t.Fatalf("restarted %s sees %d of 20 configmaps written while it was down", victim.Name, n)
 	}
 	c.waitVoters(s1, 3)
-	sameEverywhere(t, c)
+	c.CheckSameConfigMaps(t, "default")
 
 	// A joiner with the wrong secret is refused and the cluster is unchanged.
 	wrong := nw.Hosts[3].Server(t, "wrong")
@@ -123,40 +120,5 @@ func TestDqliteHACluster(t *testing.T) {
 	if n := countConfigMaps(t, s1, "bulk"); n != 100 {
 		t.Fatalf("after the cold restart %d of 100 configmaps", n)
 	}
-	sameEverywhere(t, c)
-}
-
-// sameEverywhere checks that every server lists the same ConfigMaps at the
-// same resource versions: the replicas applied the same log.
-func sameEverywhere(t *testing.T, c *cluster) {
-	t.Helper()
-	var first map[string]string
-	for i, s := range c.Servers {
-		var got map[string]string
-		deadline := time.Now().Add(time.Minute)
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			l, err := s.Client().CoreV1().ConfigMaps("default").List(ctx, metav1.ListOptions{})
-			cancel()
-			if err == nil {
-				got = map[string]string{}
-				for _, cm := range l.Items {
-					got[cm.Name] = cm.ResourceVersion + "/" + cm.Data["i"]
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("listing through %s: %v", s.Name, err)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-		if i == 0 {
-			first = got
-			continue
-		}
-		if fmt.Sprint(got) != fmt.Sprint(first) {
-			t.Fatalf("%s lists %d configmaps, %s %d, and they differ", s.Name, len(got), c.Servers[0].Name, len(first))
-		}
-	}
-	t.Logf("all %d servers list the same %d configmaps at the same resource versions", len(c.Servers), len(first))
+	c.CheckSameConfigMaps(t, "default")
 }

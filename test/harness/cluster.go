@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/pki"
@@ -23,6 +25,8 @@ import (
 type Cluster struct {
 	Net     *Network
 	Servers []*Server
+	// InitArgs are added to server 1's --cluster-init, e.g. --datastore=dqlite.
+	InitArgs []string
 }
 
 // NewEtcdCluster prepares n servers on the first n hosts (not started).
@@ -42,7 +46,7 @@ func NewEtcdCluster(t testing.TB, nw *Network, n int, token string) *Cluster {
 // Form starts server 1 with --cluster-init and the others joining it, one by one.
 func (c *Cluster) Form(t testing.TB) {
 	t.Helper()
-	c.Servers[0].Start("--cluster-init")
+	c.Servers[0].Start(append([]string{"--cluster-init"}, c.InitArgs...)...)
 	for _, s := range c.Servers[1:] {
 		s.Start("--server", c.Servers[0].URL())
 	}
@@ -190,4 +194,40 @@ func (c *Cluster) CheckHashesEqual(t testing.TB) {
 		}
 	}
 	t.Logf("all %d members have KV hash %d at revision %d", len(clients), first, rev)
+}
+
+// CheckSameConfigMaps checks that every server lists the same ConfigMaps of
+// namespace at the same resource versions: the replicas applied the same log.
+// It is the datastore-neutral counterpart of CheckHashesEqual.
+func (c *Cluster) CheckSameConfigMaps(t testing.TB, namespace string) {
+	t.Helper()
+	var first map[string]string
+	for i, s := range c.Servers {
+		var got map[string]string
+		deadline := time.Now().Add(time.Minute)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			l, err := s.Client().CoreV1().ConfigMaps(namespace).List(ctx, metav1.ListOptions{})
+			cancel()
+			if err == nil {
+				got = map[string]string{}
+				for _, cm := range l.Items {
+					got[cm.Name] = cm.ResourceVersion + "/" + fmt.Sprint(cm.Data)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("listing through %s: %v", s.Name, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if i == 0 {
+			first = got
+			continue
+		}
+		if !maps.Equal(got, first) {
+			t.Fatalf("%s lists %d configmaps, %s %d, and they differ", s.Name, len(got), c.Servers[0].Name, len(first))
+		}
+	}
+	t.Logf("all %d servers list the same %d configmaps at the same resource versions", len(c.Servers), len(first))
 }
