@@ -28,8 +28,10 @@ unit:
 	go test ./internal/...
 
 # Integration and multi-host tests use the binary built once by 'build'.
+# The robustness short matrix runs on etcd with the rest, then once more on Dqlite.
 e2e: build
 	HAKUBE_BIN=$(CURDIR)/$(BIN) go test -p 1 -count=1 -timeout 40m -v ./test/...
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_DATASTORE=dqlite go test -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
 
 test: lint unit e2e
 
