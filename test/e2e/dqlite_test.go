@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,34 +19,7 @@ func TestDqliteHACluster(t *testing.T) {
 	defer fig.write(t, "e2e-dqlite-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 
-	began := time.Now()
-	s1.Start("--cluster-init", "--datastore=dqlite")
-	fig.record(t, "dqlite_first_server_ready", time.Since(began))
-	joinBegan := time.Now()
-	for _, s := range []*harness.Server{s2, s3} {
-		if err := s.StartAsync("--server", s1.URL()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, s := range []*harness.Server{s2, s3} {
-		if err := s.WaitReady(4 * time.Minute); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fig.record(t, "dqlite_two_parallel_joins", time.Since(joinBegan))
-	c.waitVoters(s1, 3)
-	fig.record(t, "dqlite_form_three_server_cluster", time.Since(began))
-	for _, s := range []*harness.Server{s2, s3} {
-		log := s.CurrentLog()
-		for _, want := range []string{"CA of", "bootstrap data fetched", "the cluster runs on Dqlite", "hakube is ready"} {
-			if !strings.Contains(log, want) {
-				t.Errorf("%s's log lacks the progress line %q", s.Name, want)
-			}
-		}
-		if strings.Contains(log, secret) {
-			t.Errorf("%s logged the token secret", s.Name)
-		}
-	}
+	formInParallel(t, c, fig, "dqlite_", []string{"the cluster runs on Dqlite"}, "--datastore=dqlite")
 
 	createConfigMaps(t, s1, "bulk", 100)
 	for _, s := range []*harness.Server{s2, s3} {
@@ -99,23 +71,12 @@ func TestDqliteHACluster(t *testing.T) {
 
 	// Cold restart in reverse order: the cluster serves once a majority is up.
 	for _, s := range c.Servers {
-		s.Stop()
-	}
-	began = time.Now()
-	for i := len(c.Servers) - 1; i >= 0; i-- {
-		var args []string
-		if i > 0 {
-			args = []string{"--server", s1.URL()}
-		}
-		if err := c.Servers[i].StartAsync(args...); err != nil {
-			t.Fatal(err)
+		if code := s.Stop(); code != 0 {
+			t.Fatalf("%s exit code %d on SIGTERM", s.Name, code)
 		}
 	}
-	for _, s := range c.Servers {
-		if err := s.WaitReady(4 * time.Minute); err != nil {
-			t.Fatal(err)
-		}
-	}
+	began := time.Now()
+	c.StartAllReversed(t, 4*time.Minute)
 	fig.record(t, "dqlite_cold_restart_reverse_order", time.Since(began))
 	if n := countConfigMaps(t, s1, "bulk"); n != 100 {
 		t.Fatalf("after the cold restart %d of 100 configmaps", n)

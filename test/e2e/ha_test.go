@@ -95,36 +95,9 @@ func TestHACluster(t *testing.T) {
 
 	// Form: server 1 with --cluster-init, then servers 2 and 3 join at the same
 	// time (etcd allows one learner, so one of them waits its turn).
-	began := time.Now()
-	s1.Start("--cluster-init")
-	fig.record(t, "first_server_ready", time.Since(began))
-	joinBegan := time.Now()
-	for _, s := range []*harness.Server{s2, s3} {
-		if err := s.StartAsync("--server", s1.URL()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, s := range []*harness.Server{s2, s3} {
-		if err := s.WaitReady(4 * time.Minute); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fig.record(t, "two_parallel_joins_to_voter", time.Since(joinBegan))
-	c.waitVoters(s1, 3)
-	fig.record(t, "form_three_server_cluster", time.Since(began))
+	formInParallel(t, c, fig, "", []string{"added as learner", "promoted to voter"})
 	waited := strings.Contains(s2.CurrentLog()+s3.CurrentLog(), "another server is joining")
 	t.Logf("a parallel joiner waited for the other's promotion: %v", waited)
-	for _, s := range []*harness.Server{s2, s3} {
-		log := s.CurrentLog()
-		for _, want := range []string{"CA of", "bootstrap data fetched", "added as learner", "promoted to voter", "hakube is ready"} {
-			if !strings.Contains(log, want) {
-				t.Errorf("%s's log lacks the progress line %q", s.Name, want)
-			}
-		}
-		if strings.Contains(log, secret) {
-			t.Errorf("%s logged the token secret", s.Name)
-		}
-	}
 
 	// 200 objects through server 1, all read through servers 2 and 3 with kubectl.
 	createConfigMaps(t, s1, "bulk", 200)
@@ -145,6 +118,44 @@ func TestHACluster(t *testing.T) {
 	} {
 		if !t.Run(sc.name, func(t *testing.T) { sc.run(t, c.in(t), fig) }) {
 			break
+		}
+	}
+}
+
+// formInParallel starts server 1 with --cluster-init and initArgs, then the
+// others joining it at the same time, and records how long each part took
+// (figures named with prefix). Each joiner's log must hold the common
+// progress lines and the datastore's own, and never the token secret.
+func formInParallel(t *testing.T, c *cluster, fig figures, prefix string, progress []string, initArgs ...string) {
+	t.Helper()
+	s1, joiners := c.Servers[0], c.Servers[1:]
+	began := time.Now()
+	s1.Start(append([]string{"--cluster-init"}, initArgs...)...)
+	fig.record(t, prefix+"first_server_ready", time.Since(began))
+	joinBegan := time.Now()
+	for _, s := range joiners {
+		if err := s.StartAsync("--server", s1.URL()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range joiners {
+		if err := s.WaitReady(4 * time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fig.record(t, prefix+"two_parallel_joins_to_voter", time.Since(joinBegan))
+	c.waitVoters(s1, len(c.Servers))
+	fig.record(t, prefix+"form_three_server_cluster", time.Since(began))
+	want := append([]string{"CA of", "bootstrap data fetched", "hakube is ready"}, progress...)
+	for _, s := range joiners {
+		log := s.CurrentLog()
+		for _, w := range want {
+			if !strings.Contains(log, w) {
+				t.Errorf("%s's log lacks the progress line %q", s.Name, w)
+			}
+		}
+		if strings.Contains(log, secret) {
+			t.Errorf("%s logged the token secret", s.Name)
 		}
 	}
 }

@@ -231,3 +231,27 @@ func (c *Cluster) CheckSameConfigMaps(t testing.TB, namespace string) {
 	}
 	t.Logf("all %d servers list the same %d configmaps at the same resource versions", len(c.Servers), len(first))
 }
+
+// StartAllReversed starts stopped servers in reverse order, each pointing at
+// the first, which comes back last from its own data; they serve once a
+// majority is up. It waits up to timeout for every server to be ready.
+func (c *Cluster) StartAllReversed(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	for i := len(c.Servers) - 1; i >= 0; i-- {
+		var args []string
+		if i > 0 {
+			args = []string{"--server", c.Servers[0].URL()}
+		}
+		if err := c.Servers[i].StartAsync(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range c.Servers {
+		if err := s.WaitReady(timeout); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// RestartInPlaceLine is what hakube logs when it restarts itself in place.
+const RestartInPlaceLine = "stopping the server to restart it in place"

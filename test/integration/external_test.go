@@ -94,7 +94,7 @@ func TestRestartInPlaceAfterDatastoreStall(t *testing.T) {
 	}
 	t.Log("datastore frozen")
 	deadline := time.Now().Add(90 * time.Second)
-	for !strings.Contains(s.CurrentLog(), restartLine) {
+	for !strings.Contains(s.CurrentLog(), harness.RestartInPlaceLine) {
 		if time.Now().After(deadline) {
 			_ = pg.Thaw()
 			t.Fatal("no in-place restart within 90 s of the datastore freezing")
@@ -122,6 +122,3 @@ func TestRestartInPlaceAfterDatastoreStall(t *testing.T) {
 		t.Fatalf("write after the in-place restart: %v\n%s", err, out)
 	}
 }
-
-// restartLine is what hakube logs when it restarts itself in place.
-const restartLine = "stopping the server to restart it in place"

@@ -138,22 +138,7 @@ func stopAll(t testing.TB, c *harness.Cluster, _ *harness.Server) {
 	}
 }
 
-// startAllReversed starts the servers in reverse order, each pointing at the
-// first, which comes back last; they serve once a majority is up.
+// startAllReversed brings the servers back in reverse order, the first last.
 func startAllReversed(t testing.TB, c *harness.Cluster, _ *harness.Server) {
-	t.Helper()
-	for i := len(c.Servers) - 1; i >= 0; i-- {
-		args := []string{"--server", c.Servers[0].URL()}
-		if i == 0 {
-			args = nil
-		}
-		if err := c.Servers[i].StartAsync(args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, s := range c.Servers {
-		if err := s.WaitReady(5 * time.Minute); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c.StartAllReversed(t, 5*time.Minute)
 }

@@ -301,13 +301,10 @@ func anyServer(t *testing.T, c *harness.Cluster, what string, fn func(context.Co
 func selfRestarts(c *harness.Cluster) int {
 	n := 0
 	for _, s := range c.Servers {
-		n += strings.Count(s.FullLog(), restartLine)
+		n += strings.Count(s.FullLog(), harness.RestartInPlaceLine)
 	}
 	return n
 }
-
-// restartLine is what hakube logs when it restarts itself in place.
-const restartLine = "stopping the server to restart it in place"
 
 // waitRecovered waits until every server's API accepts a write; it returns how
 // long that took.

@@ -46,26 +46,19 @@ func (n *Node) handler() http.Handler {
 		writeJSON(w, indexResponse{Index: idx})
 	}))
 	mux.HandleFunc("POST /join", n.onLeader(func(w http.ResponseWriter, r *http.Request) {
-		var m Member
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&m); err != nil || m.ID == "" || m.Address == "" {
-			http.Error(w, "a member ID and address are required", http.StatusBadRequest)
+		m, ok := decodeMember(w, r, true)
+		if !ok {
 			return
 		}
 		if err := n.addNonvoter(m); err != nil {
 			rpcError(w, err)
 			return
 		}
-		idx, err := n.readIndex(r.Context())
-		if err != nil {
-			rpcError(w, err)
-			return
-		}
-		writeJSON(w, indexResponse{Index: idx})
+		w.WriteHeader(http.StatusNoContent)
 	}))
 	mux.HandleFunc("POST /promote", n.onLeader(func(w http.ResponseWriter, r *http.Request) {
-		var m Member
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&m); err != nil || m.ID == "" {
-			http.Error(w, "a member ID is required", http.StatusBadRequest)
+		m, ok := decodeMember(w, r, false)
+		if !ok {
 			return
 		}
 		if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, 30*time.Second).Error(); err != nil {
@@ -75,9 +68,8 @@ func (n *Node) handler() http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	mux.HandleFunc("POST /remove", n.onLeader(func(w http.ResponseWriter, r *http.Request) {
-		var m Member
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&m); err != nil || m.ID == "" {
-			http.Error(w, "a member ID is required", http.StatusBadRequest)
+		m, ok := decodeMember(w, r, false)
+		if !ok {
 			return
 		}
 		if err := n.removeMember(r.Context(), m.ID); err != nil {
@@ -98,6 +90,22 @@ func (n *Node) handler() http.Handler {
 		writeJSON(w, ms)
 	})
 	return mux
+}
+
+// decodeMember reads the member a membership request names; it answers 400
+// itself when the ID (or, if needed, the address) is missing.
+func decodeMember(w http.ResponseWriter, r *http.Request, needAddress bool) (Member, bool) {
+	var m Member
+	err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&m)
+	switch {
+	case needAddress && (err != nil || m.ID == "" || m.Address == ""):
+		http.Error(w, "a member ID and address are required", http.StatusBadRequest)
+	case err != nil || m.ID == "":
+		http.Error(w, "a member ID is required", http.StatusBadRequest)
+	default:
+		return m, true
+	}
+	return Member{}, false
 }
 
 // maxCommand bounds a forwarded write: etcd's default request limit plus room.
