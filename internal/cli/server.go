@@ -65,7 +65,8 @@ order; without one a random token is generated and stored in
 	f.StringVar(&cfg.ClusterDNS, "cluster-dns", cfg.ClusterDNS, "IP address of the cluster DNS service (inside --service-cidr)")
 	f.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "cluster domain")
 	f.BoolVar(&cfg.ClusterInit, "cluster-init", false, "start a new highly available cluster on embedded etcd (the first server)")
-	f.StringVar(&cfg.Datastore, "datastore", "etcd", "embedded datastore of a new cluster (with --cluster-init): etcd, or dqlite (SQLite replicated with Raft)")
+	f.StringVar(&cfg.Datastore, "datastore", "", "embedded datastore: etcd (default with --cluster-init), dqlite (SQLite replicated with Raft, with --cluster-init) "+
+		"or sqlite (default of a single server); a server whose data is in another kind moves it there (docs/migrate.md)")
 	f.StringVarP(&cfg.Server, "server", "s", "", "join the cluster of the server at this URL (https://<server>:6443), on embedded etcd")
 	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret used to join servers and agents (env HAKUBE_TOKEN or K3S_TOKEN)")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")

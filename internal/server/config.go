@@ -34,7 +34,9 @@ type Config struct {
 	ClusterDNS       string
 	ClusterDomain    string
 
-	// ClusterInit starts a new cluster on the embedded Datastore ("etcd" or "dqlite").
+	// ClusterInit starts a new cluster on the embedded Datastore ("etcd", the
+	// default, or "dqlite"). A Datastore other than the kind of this server's
+	// data moves the data into it ("sqlite" without ClusterInit).
 	ClusterInit bool
 	Datastore   string
 	// Server is the URL of a server of the cluster to join.
@@ -113,14 +115,21 @@ func (c Config) Validate() error {
 	if msgs := validation.IsDNS1123Subdomain(c.ClusterDomain); len(msgs) > 0 {
 		add("--cluster-domain %q is not a valid domain: %s", c.ClusterDomain, strings.Join(msgs, "; "))
 	}
-	switch c.Datastore {
-	case "", string(datastore.Etcd):
-	case string(datastore.Dqlite):
+	switch datastore.Kind(c.Datastore) {
+	case "":
+	case datastore.Etcd, datastore.Dqlite:
 		if !c.ClusterInit {
-			add("--datastore=dqlite goes with --cluster-init on the first server; joining servers take the cluster's datastore and need no --datastore")
+			add("--datastore=%s goes with --cluster-init on the first server (or on the server that moves a cluster's data to %s); joining servers take the cluster's datastore and need no --datastore", c.Datastore, c.Datastore)
+		}
+	case datastore.SQLite:
+		if c.ClusterInit || c.Server != "" {
+			add("--datastore=sqlite is a single server's datastore: it does not go with --cluster-init or --server")
 		}
 	default:
-		add("--datastore %q: use etcd (the default) or dqlite", c.Datastore)
+		add("--datastore %q: use etcd (the default with --cluster-init), dqlite, or sqlite (the default of a single server)", c.Datastore)
+	}
+	if c.Datastore != "" && c.DatastoreEndpoint != "" {
+		add("--datastore picks an embedded datastore; it does not go with --datastore-endpoint")
 	}
 	if c.ClusterInit && c.Server != "" {
 		add("--cluster-init and --server both given: the first server uses --cluster-init, the others --server")

@@ -12,25 +12,25 @@ import (
 
 	"github.com/hakube/hakube/internal/bootstrap"
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/pki"
 )
 
 // joinCluster fetches the cluster's shared material through another server
-// before the local etcd member starts, and points the member at the cluster.
-// A server restarting from its own data only checks that it is still a member
-// (moving its data aside to rejoin if it was removed); if the other server is
-// down it starts from local data, so a full cold restart needs no server first.
+// before the local datastore member starts, and points the member at the
+// cluster. A server restarting from its own data only checks that it is still
+// a member (moving its data aside to rejoin if it was removed, or if the
+// cluster moved to another datastore); if the other server is down it starts
+// from local data, so a full cold restart needs no server first.
 type joinCluster struct {
 	client   *join.Client
 	tlsDir   pki.Dir
 	dbDir    string
+	nodeName string
 	critical bootstrap.Critical
-	// member is the local etcd member of a server restarting from its data;
-	// target the datastore of a server joining for the first time.
-	member *etcd.Etcd
-	target *joiningDatastore
+	target   *joiningDatastore
 }
 
 func (j *joinCluster) Name() string                { return "join via " + j.client.URL }
@@ -40,9 +40,8 @@ func (j *joinCluster) Stop() error                 { return nil }
 
 func (j *joinCluster) Start(ctx context.Context) error {
 	_, err := j.tlsDir.ReadShared()
-	haveCAs := err == nil
-	if etcd.HasData(j.dbDir) && haveCAs {
-		return j.checkStillMember(ctx)
+	if kind, name := j.localMember(); kind != "" && err == nil {
+		return j.checkStillMember(ctx, kind, name)
 	}
 	if err := j.verifyCA(ctx, 5*time.Minute); err != nil {
 		return err
@@ -118,9 +117,6 @@ func (j *joinCluster) join(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if j.target == nil {
-			return fmt.Errorf("this server has etcd data but the cluster at %s runs on Dqlite; move %s away to join it", j.client.URL, etcd.Dir(j.dbDir))
-		}
 		klog.Infof("join: the cluster runs on Dqlite; joining through member %s", addr)
 		j.target.useDqlite(addr)
 		return nil
@@ -128,19 +124,27 @@ func (j *joinCluster) join(ctx context.Context) error {
 	if len(endpoints) == 0 {
 		return fmt.Errorf("the server at %s lists no etcd members", j.client.URL)
 	}
-	if j.target != nil {
-		j.target.useEtcd(endpoints)
-	} else {
-		j.member.JoinVia(endpoints)
-	}
+	j.target.useEtcd(endpoints)
 	return nil
 }
 
-func (j *joinCluster) checkStillMember(ctx context.Context) error {
-	name := etcd.MemberName(j.dbDir)
+// localMember is the kind and name of the datastore member this server has
+// data of, if any.
+func (j *joinCluster) localMember() (datastore.Kind, string) {
+	switch {
+	case etcd.HasData(j.dbDir):
+		return datastore.Etcd, etcd.MemberName(j.dbDir)
+	case dqlite.HasState(dqlite.Dir(j.dbDir)):
+		return datastore.Dqlite, j.nodeName
+	}
+	return "", ""
+}
+
+func (j *joinCluster) checkStillMember(ctx context.Context, kind datastore.Kind, name string) error {
 	err := j.client.VerifyCA(ctx)
 	if errors.Is(err, join.ErrUnreachable) {
 		klog.Infof("join: %v; starting from local data", err)
+		j.target.resume(kind)
 		return nil
 	}
 	if err != nil {
@@ -149,15 +153,21 @@ func (j *joinCluster) checkStillMember(ctx context.Context) error {
 	members, err := j.client.Members(ctx)
 	if err != nil {
 		klog.Warningf("join: cannot list members through %s (%v); starting from local data", j.client.URL, err)
+		j.target.resume(kind)
 		return nil
 	}
 	if slices.ContainsFunc(members, func(m join.Member) bool { return m.Name == name }) {
+		j.target.resume(kind)
 		return nil
 	}
-	backup := etcd.Dir(j.dbDir) + "-removed-" + time.Now().UTC().Format("20060102T150405Z")
-	if err := os.Rename(etcd.Dir(j.dbDir), backup); err != nil {
+	dir := etcd.Dir(j.dbDir)
+	if kind == datastore.Dqlite {
+		dir = dqlite.Dir(j.dbDir)
+	}
+	backup := dir + "-removed-" + time.Now().UTC().Format("20060102T150405Z")
+	if err := os.Rename(dir, backup); err != nil {
 		return err
 	}
-	klog.Warningf("join: this server (etcd member %s) is no longer a member of the cluster; its old data is kept in %s and it rejoins as a new member", name, backup)
+	klog.Warningf("join: this server (%s member %s) is no longer a member of the cluster; its old data is kept in %s and it rejoins as a new member", kind, name, backup)
 	return j.join(ctx)
 }

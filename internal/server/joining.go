@@ -36,9 +36,12 @@ func (j *joiningDatastore) Kind() datastore.Kind {
 
 func (j *joiningDatastore) Endpoint() datastore.Endpoint { return j.chosen.Endpoint() }
 
-// Init checks the peer port both kinds use; the chosen one checks the rest.
+// Init checks the peer ports of both kinds; the chosen one checks the rest.
 func (j *joiningDatastore) Init(context.Context) error {
-	return netutil.CheckPortFree(j.nodeIP.String(), dqlite.DefaultPeerPort, "the datastore peer port")
+	if err := netutil.CheckPortFree(j.nodeIP.String(), etcd.DefaultPeerPort, "the etcd peer port"); err != nil {
+		return err
+	}
+	return netutil.CheckPortFree(j.nodeIP.String(), dqlite.DefaultPeerPort, "the Dqlite peer port")
 }
 
 func (j *joiningDatastore) Start(ctx context.Context) error {
@@ -58,6 +61,15 @@ func (j *joiningDatastore) Stop() error {
 		return nil
 	}
 	return j.chosen.Stop()
+}
+
+// resume restarts this server's own member of kind from its data.
+func (j *joiningDatastore) resume(kind datastore.Kind) {
+	if kind == datastore.Dqlite {
+		j.chosen = dqlite.New(j.dqliteCfg)
+	} else {
+		j.chosen = j.etcd
+	}
 }
 
 // useEtcd joins an etcd cluster through its members' client URLs.

@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
+	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/fsutil"
 )
@@ -17,60 +21,229 @@ import (
 // copyPage is how many keys one read of the migration takes.
 const copyPage = 500
 
-// migrateSQLite copies every key of this server's SQLite datastore into the
-// datastore at dst, then keeps the SQLite files as a backup. It is idempotent:
-// after a crash it runs again from the start, since the SQLite file is only
-// renamed once every key has been copied.
-func migrateSQLite(ctx context.Context, serverDir string, dst datastore.Endpoint) error {
-	dbPath := kine.DBPath(serverDir)
-	if !fsutil.Exists(dbPath) {
-		return nil
+// localKinds lists the embedded datastores that have data on this server.
+func localKinds(serverDir, dbDir string) []datastore.Kind {
+	var kinds []datastore.Kind
+	if fsutil.Exists(kine.DBPath(serverDir)) {
+		kinds = append(kinds, datastore.SQLite)
 	}
-	klog.Infof("migrate: copying the SQLite datastore %s into etcd", dbPath)
-	src := kine.New(kine.Config{DataDir: serverDir})
-	defer src.Stop()
-	if err := src.Init(ctx); err != nil {
+	if etcd.HasData(dbDir) {
+		kinds = append(kinds, datastore.Etcd)
+	}
+	if dqlite.HasState(dqlite.Dir(dbDir)) {
+		kinds = append(kinds, datastore.Dqlite)
+	}
+	return kinds
+}
+
+// planDatastore picks the embedded datastore a server that is not joining
+// runs on, and the kind whose local data must first move into it ("" if none).
+// An explicit --datastore wins over the data found; without it a server keeps
+// its kind, except that --cluster-init moves SQLite data to etcd.
+func planDatastore(cfg Config, have []datastore.Kind) (target, source datastore.Kind, err error) {
+	if cfg.Datastore == "" {
+		switch {
+		case len(have) == 2 && have[0] == datastore.SQLite && have[1] == datastore.Etcd && cfg.ClusterInit:
+			// The one move --cluster-init makes alone, interrupted.
+			target = datastore.Etcd
+		case len(have) > 1:
+			return "", "", fmt.Errorf("this server has data of %s: a move between datastores was interrupted; "+
+				"start it again with the --datastore it was moving to, to finish the move", kindList(have))
+		case len(have) == 1 && !(have[0] == datastore.SQLite && cfg.ClusterInit):
+			return have[0], "", nil
+		case cfg.ClusterInit:
+			target = datastore.Etcd
+		default:
+			target = datastore.SQLite
+		}
+	} else {
+		target = datastore.Kind(cfg.Datastore)
+	}
+	others := slices.DeleteFunc(slices.Clone(have), func(k datastore.Kind) bool { return k == target })
+	if len(others) > 1 {
+		return "", "", fmt.Errorf("this server has data of %s: move all but one of them away before moving to %s", kindList(others), target)
+	}
+	if len(others) == 1 {
+		source = others[0]
+	}
+	return target, source, nil
+}
+
+func kindList(kinds []datastore.Kind) string {
+	s := make([]string, len(kinds))
+	for i, k := range kinds {
+		s[i] = string(k)
+	}
+	return strings.Join(s, " and ")
+}
+
+// migration moves the data of this server's datastore of another kind into
+// the one it now runs on. A clustered source is first made the only member of
+// its cluster, so that no other server can commit a write the copy would miss;
+// the removed servers stop and rejoin with --server. The source's files are
+// then kept as a backup under a new name. After a crash the migration runs
+// again from the start: the source is only renamed once every key is copied.
+type migration struct {
+	kind datastore.Kind
+	from datastore.Datastore
+	// self is the source's member name in its cluster.
+	self string
+	// files are renamed with a suffix once the copy is done.
+	files []string
+}
+
+func (m *migration) run(ctx context.Context, to datastore.Datastore) error {
+	klog.Infof("migrate: moving this server's %s data into %s", m.kind, to.Kind())
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = m.from.Stop()
+		}
+	}()
+	if err := m.from.Init(ctx); err != nil {
 		return err
 	}
-	if err := src.Start(ctx); err != nil {
+	if err := m.from.Start(ctx); err != nil {
 		return err
 	}
-	if err := src.Ready(ctx); err != nil {
+	if err := m.from.Ready(ctx); err != nil {
 		return err
 	}
-	from, err := datastore.Client(src.Endpoint())
+	if err := m.removeOthers(ctx); err != nil {
+		return err
+	}
+	// A removal may leave the source without a leader for an election.
+	if err := datastore.WaitReachable(ctx, m.from.Endpoint(), time.Minute); err != nil {
+		return err
+	}
+	src, err := datastore.Client(m.from.Endpoint())
 	if err != nil {
 		return err
 	}
-	defer from.Close()
-	to, err := datastore.Client(dst)
+	defer src.Close()
+	dst, err := datastore.Client(to.Endpoint())
 	if err != nil {
 		return err
 	}
-	defer to.Close()
-	n, err := copyKeys(ctx, from, to, "/")
+	defer dst.Close()
+	n, err := copyKeys(ctx, src, dst, "/", m.kind != datastore.Etcd)
 	if err != nil {
-		return fmt.Errorf("migrating SQLite to etcd: %w", err)
+		return fmt.Errorf("migrating %s to %s: %w", m.kind, to.Kind(), err)
 	}
-	if err := src.Stop(); err != nil {
+	stopped = true
+	if err := m.from.Stop(); err != nil {
 		return err
 	}
 	suffix := ".migrated-" + time.Now().UTC().Format("20060102T150405Z")
-	for _, f := range []string{dbPath, dbPath + "-wal", dbPath + "-shm"} {
+	for _, f := range m.files {
 		if fsutil.Exists(f) {
 			if err := os.Rename(f, f+suffix); err != nil {
 				return err
 			}
 		}
 	}
-	klog.Infof("migrate: copied %d keys from SQLite into etcd; the SQLite files are kept as %s", n, dbPath+suffix)
+	klog.Infof("migrate: copied %d keys from %s into %s; the %s data is kept as %s", n, m.kind, to.Kind(), m.kind, m.files[0]+suffix)
 	return nil
 }
 
+// removeOthers removes every other member of the source's cluster, members
+// that are down first, so that each removal keeps a quorum of healthy voters.
+func (m *migration) removeOthers(ctx context.Context) error {
+	var list func(context.Context) (healthy, down []string, err error)
+	var remove func(context.Context, string) error
+	switch s := m.from.(type) {
+	case *dqlite.Datastore:
+		list = func(ctx context.Context) (healthy, down []string, err error) {
+			ms, err := s.Node().Members(ctx)
+			for _, mem := range ms {
+				if mem.Healthy {
+					healthy = append(healthy, mem.ID)
+				} else {
+					down = append(down, mem.ID)
+				}
+			}
+			return healthy, down, err
+		}
+		remove = s.Node().RemoveMember
+	case *etcd.Etcd:
+		cli, err := datastore.Client(s.Endpoint())
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		list = func(ctx context.Context) (healthy, down []string, err error) {
+			ms, err := etcd.Members(ctx, cli)
+			for _, mem := range ms {
+				if mem.Healthy {
+					healthy = append(healthy, mem.Name)
+				} else {
+					down = append(down, mem.Name)
+				}
+			}
+			return healthy, down, err
+		}
+		remove = func(ctx context.Context, name string) error { _, err := etcd.RemoveMember(ctx, cli, name); return err }
+	default:
+		return nil
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		healthy, down, err := list(ctx)
+		if err == nil {
+			others := slices.DeleteFunc(append(down, healthy...), func(n string) bool { return n == m.self })
+			if len(others) == 0 {
+				return nil
+			}
+			klog.Infof("migrate: removing the other members of the %s cluster (%s) so that no write can be missed; "+
+				"they stop, and rejoin this server when started with --server", m.kind, strings.Join(others, ", "))
+			for _, name := range others {
+				if err = remove(ctx, name); err != nil {
+					break
+				}
+				klog.Infof("migrate: removed %s", name)
+			}
+		}
+		if err != nil {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("migrate: cannot make this server the only member of its %s cluster: %w", m.kind, err)
+			}
+			klog.Infof("migrate: %v; retrying", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // copyKeys copies every key under prefix from one etcd API endpoint to another,
-// page by page at one revision, and checks the count at the end.
-func copyKeys(ctx context.Context, from, to *clientv3.Client, prefix string) (int, error) {
+// page by page at one revision, and checks the count at the end. Keys with a
+// lease get a lease of their TTL in the destination; leaseIsTTL says that the
+// source's lease IDs are their TTLs in seconds (kine's convention, which the
+// Dqlite datastore keeps), else the source is asked for the time left.
+func copyKeys(ctx context.Context, from, to *clientv3.Client, prefix string, leaseIsTTL bool) (int, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
+	leases := map[int64]clientv3.LeaseID{}
+	lease := func(id int64) (clientv3.LeaseID, error) {
+		if l, ok := leases[id]; ok {
+			return l, nil
+		}
+		ttl := id
+		if !leaseIsTTL {
+			resp, err := from.TimeToLive(ctx, clientv3.LeaseID(id))
+			if err != nil {
+				return 0, err
+			}
+			ttl = max(resp.TTL, 1)
+		}
+		g, err := to.Grant(ctx, ttl)
+		if err != nil {
+			return 0, err
+		}
+		leases[id] = g.ID
+		return g.ID, nil
+	}
 	start, rev, copied := prefix, int64(0), 0
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(copyPage)}
@@ -85,10 +258,21 @@ func copyKeys(ctx context.Context, from, to *clientv3.Client, prefix string) (in
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if _, err := to.Put(ctx, string(kv.Key), string(kv.Value)); err != nil {
+			var putOpts []clientv3.OpOption
+			if kv.Lease != 0 {
+				l, err := lease(kv.Lease)
+				if err != nil {
+					return copied, fmt.Errorf("lease of %s: %w", kv.Key, err)
+				}
+				putOpts = append(putOpts, clientv3.WithLease(l))
+			}
+			if _, err := to.Put(ctx, string(kv.Key), string(kv.Value), putOpts...); err != nil {
 				return copied, err
 			}
 			copied++
+		}
+		if copied%(20*copyPage) == 0 && copied > 0 {
+			klog.Infof("migrate: %d keys copied so far", copied)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break

@@ -68,7 +68,10 @@ func Run(ctx context.Context, cfg Config) error {
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
 	dbDir := filepath.Join(serverDir, "db")
-	ds, member := newDatastore(cfg, tlsDir, nodeName, nodeIP)
+	ds, mig, err := newDatastore(cfg, tlsDir, nodeName, nodeIP)
+	if err != nil {
+		return err
+	}
 	critical := bootstrap.Critical{
 		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR,
 		ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
@@ -148,25 +151,20 @@ func Run(ctx context.Context, cfg Config) error {
 	joinSrv.Register(sup.Handle)
 
 	components := []component.Component{&dataDir{path: cfg.DataDir}}
-	_, isDqlite := ds.(*dqlite.Datastore)
-	joining, isJoining := ds.(*joiningDatastore)
-	switch {
-	case isDqlite && dqlite.HasState(dqlite.Dir(dbDir)):
-		// A restart: the member finds its cluster from its own state.
-		components = append(components, ds)
-	case member == nil && !isDqlite && !isJoining:
-		components = append(components, ds)
-	case cfg.Server != "":
+	switch joining, isJoining := ds.(*joiningDatastore); {
+	case isJoining:
 		client, err := join.NewClient(cfg.Server, tok)
 		if err != nil {
 			return err
 		}
-		components = append(components, &joinCluster{client: client, tlsDir: tlsDir, dbDir: dbDir, critical: critical, member: member, target: joining}, ds)
+		components = append(components, &joinCluster{client: client, tlsDir: tlsDir, dbDir: dbDir, nodeName: nodeName, critical: critical, target: joining}, ds)
+	case ds.Kind() == datastore.Etcd || ds.Kind() == datastore.Dqlite:
+		components = append(components, step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }), ds)
 	default:
-		components = append(components,
-			step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }),
-			ds,
-			step("SQLite migration", func(ctx context.Context) error { return migrateSQLite(ctx, serverDir, ds.Endpoint()) }))
+		components = append(components, ds)
+	}
+	if mig != nil {
+		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, sup, api, kcm, sched)
 	mgr := component.NewManager(components...)
@@ -213,6 +211,7 @@ func Run(ctx context.Context, cfg Config) error {
 	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, TokenPath(cfg.DataDir))
 	readyAt.Store(time.Now().UnixNano())
 
+	var member *etcd.Etcd
 	var datastoreStopped, dqliteRemoved <-chan struct{}
 	var dqliteFatal <-chan error
 	switch d := embedded(ds).(type) {
@@ -226,7 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 	case err := <-dqliteFatal:
 		return fmt.Errorf("the Dqlite member failed: %w", err)
 	case <-dqliteRemoved:
-		return errors.New("this server was removed from the Dqlite cluster; to rejoin, move its data dir's server/db/dqlite away and start it with --server")
+		return dqlite.ErrRemoved
 	case <-ctx.Done():
 		klog.Infof("shutting down")
 		return nil
@@ -245,26 +244,49 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
-// newDatastore picks the datastore; member is the embedded etcd one, if chosen.
-func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (ds datastore.Datastore, member *etcd.Etcd) {
-	dbDir := filepath.Join(cfg.serverDir(), "db")
+// newDatastore picks the datastore, and the migration that must fill it first
+// when this server's data is in a datastore of another kind.
+func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (datastore.Datastore, *migration, error) {
+	serverDir := cfg.serverDir()
+	dbDir := filepath.Join(serverDir, "db")
 	dqliteCfg := dqlite.ComponentConfig{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Bootstrap: cfg.ClusterInit}
+	etcdCfg := etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir}
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
-		return external.New(cfg.etcdConfig()), nil
+		return external.New(cfg.etcdConfig()), nil, nil
 	case ep != "":
-		return kine.New(kine.Config{DataDir: cfg.serverDir(), Endpoint: ep}), nil
-	case dqlite.HasState(dqlite.Dir(dbDir)) || (cfg.ClusterInit && cfg.Datastore == string(datastore.Dqlite)):
-		return dqlite.New(dqliteCfg), nil
-	case cfg.Server != "" && !etcd.HasData(dbDir):
-		return &joiningDatastore{nodeIP: nodeIP, dqliteCfg: dqliteCfg,
-			etcd: etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})}, nil
-	case cfg.ClusterInit || etcd.HasData(dbDir):
-		member = etcd.New(etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir})
-		return member, member
-	default:
-		return kine.New(kine.Config{DataDir: cfg.serverDir()}), nil
+		return kine.New(kine.Config{DataDir: serverDir, Endpoint: ep}), nil, nil
+	case cfg.Server != "":
+		return &joiningDatastore{nodeIP: nodeIP, dqliteCfg: dqliteCfg, etcd: etcd.New(etcdCfg)}, nil, nil
 	}
+	target, source, err := planDatastore(cfg, localKinds(serverDir, dbDir))
+	if err != nil {
+		return nil, nil, err
+	}
+	open := func(k datastore.Kind) datastore.Datastore {
+		switch k {
+		case datastore.Etcd:
+			return etcd.New(etcdCfg)
+		case datastore.Dqlite:
+			return dqlite.New(dqliteCfg)
+		}
+		return kine.New(kine.Config{DataDir: serverDir})
+	}
+	ds := open(target)
+	if source == "" {
+		return ds, nil, nil
+	}
+	m := &migration{kind: source, from: open(source)}
+	switch source {
+	case datastore.SQLite:
+		p := kine.DBPath(serverDir)
+		m.files = []string{p, p + "-wal", p + "-shm"}
+	case datastore.Etcd:
+		m.self, m.files = etcd.MemberName(dbDir), []string{etcd.Dir(dbDir)}
+	case datastore.Dqlite:
+		m.self, m.files = nodeName, []string{dqlite.Dir(dbDir)}
+	}
+	return ds, m, nil
 }
 
 // step is a component that does one thing at its place in the start order.

@@ -247,6 +247,16 @@ func (s *Server) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 	return s.ExitCode()
 }
 
+// WaitExit waits for the process to end by itself and returns its exit code.
+func (s *Server) WaitExit(timeout time.Duration) (int, error) {
+	select {
+	case <-s.done:
+		return s.ExitCode(), nil
+	case <-time.After(timeout):
+		return 0, fmt.Errorf("%s still running after %s", s.Name, timeout)
+	}
+}
+
 // Signal sends sig to the server process (SIGSTOP and SIGCONT pause and resume it).
 func (s *Server) Signal(sig syscall.Signal) error { return s.cmd.Process.Signal(sig) }
 

@@ -19,7 +19,6 @@ import (
 )
 
 const (
-	peerPort  = 2380
 	proxyPort = 12380
 	// proxyMark tags the proxy's own connections so the redirect skips them.
 	proxyMark = 0x2380
@@ -42,9 +41,10 @@ type peerProxy struct {
 	disturbed int
 }
 
-// installPeerProxy starts a proxy in every host of nw; it must run before the
-// servers start so that every peer connection goes through it.
-func installPeerProxy(t testing.TB, nw *harness.Network) *peerProxy {
+// installPeerProxy starts a proxy in every host of nw for connections to
+// peerPort; it must run before the servers start so that every peer
+// connection goes through it.
+func installPeerProxy(t testing.TB, nw *harness.Network, peerPort int) *peerProxy {
 	t.Helper()
 	p := &peerProxy{nw: nw}
 	for _, h := range nw.Hosts {

@@ -20,6 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/hakube/hakube/internal/datastore/dqlite"
+	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/test/harness"
 	lin "github.com/hakube/hakube/test/linearizability"
 )
@@ -78,16 +80,18 @@ func TestRobustness(t *testing.T) {
 	iterations := envInt("ROBUSTNESS_ITER", 1)
 	traffic := time.Duration(envInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
 	servers := envInt("ROBUSTNESS_SERVERS", 3)
-	kind := os.Getenv("ROBUSTNESS_DATASTORE")
+	kind, peerPort := os.Getenv("ROBUSTNESS_DATASTORE"), etcd.DefaultPeerPort
 	switch kind {
 	case "":
 		kind = "etcd"
-	case "etcd", "dqlite":
+	case "etcd":
+	case "dqlite":
+		peerPort = dqlite.DefaultPeerPort
 	default:
 		t.Fatalf("ROBUSTNESS_DATASTORE=%q: use etcd or dqlite", kind)
 	}
 	nw := harness.NewNetwork(t, servers)
-	proxy := installPeerProxy(t, nw)
+	proxy := installPeerProxy(t, nw, peerPort)
 	c := harness.NewEtcdCluster(t, nw, servers, "robustness-secret")
 	c.InitArgs = []string{"--datastore=" + kind}
 	c.Form(t)

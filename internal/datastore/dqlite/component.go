@@ -21,8 +21,9 @@ import (
 // PeerCert is the member's certificate for the peer port, from the peer CA.
 const PeerCert = "dqlite/peer"
 
-// DefaultPeerPort carries Raft and the members' RPCs.
-const DefaultPeerPort = 2380
+// DefaultPeerPort carries Raft and the members' RPCs. It differs from etcd's
+// so that a server moving its data between the two can run both at once.
+const DefaultPeerPort = 2382
 
 // ComponentConfig configures the Dqlite datastore of a server.
 type ComponentConfig struct {
@@ -126,9 +127,29 @@ func (d *Datastore) Start(ctx context.Context) error {
 	return nil
 }
 
-// Ready waits until the member serves a linearizable read.
+// ErrRemoved is a member that finds itself removed from the cluster.
+var ErrRemoved = errors.New("this server was removed from the Dqlite cluster (by a member removal, or by another server moving the cluster's data " +
+	"to another datastore). To rejoin, restart it with --server https://<another server>:6443 (its old Dqlite data is moved aside as a backup)")
+
+// Ready waits until the member serves a linearizable read, or finds that it
+// was removed while it was down.
 func (d *Datastore) Ready(ctx context.Context) error {
-	return datastore.WaitReachable(ctx, d.ep, 5*time.Minute)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-d.node.Removed():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := datastore.WaitReachable(ctx, d.ep, 5*time.Minute)
+	select {
+	case <-d.node.Removed():
+		return ErrRemoved
+	default:
+		return err
+	}
 }
 
 // Stop stops serving, then the member.

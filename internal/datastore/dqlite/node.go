@@ -172,7 +172,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.wg.Add(3)
 	go n.watchLeadership(notify)
 	go n.expireLoop()
-	go n.membershipLoop()
+	go n.membershipLoop(!fresh)
 
 	if fresh && cfg.Bootstrap {
 		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: raft.ServerAddress(cfg.Advertise)}}})
@@ -405,12 +405,13 @@ func (n *Node) expireLoop() {
 	}
 }
 
-// membershipLoop notices this member's removal from the cluster.
-func (n *Node) membershipLoop() {
+// membershipLoop notices this member's removal from the cluster. A member
+// that restarts from its state was a member: if its configuration no longer
+// holds it, it was removed before it stopped.
+func (n *Node) membershipLoop(wasMember bool) {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
-	wasMember := false
 	for {
 		select {
 		case <-n.stop:
@@ -418,7 +419,7 @@ func (n *Node) membershipLoop() {
 		case <-t.C:
 		}
 		f := n.raft.GetConfiguration()
-		if f.Error() != nil {
+		if f.Error() != nil || len(f.Configuration().Servers) == 0 {
 			continue
 		}
 		in := false

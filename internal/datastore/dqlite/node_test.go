@@ -383,6 +383,14 @@ func TestLeasesCompactionAndRemoval(t *testing.T) {
 		t.Fatal("the removed member did not notice")
 	}
 	c.nodes[2].Stop()
+	// Restarted from its state, it finds itself removed at once.
+	c.nodes[2] = c.start(c.cfgs[2])
+	select {
+	case <-c.nodes[2].Removed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a removed member restarted from its state did not notice its removal")
+	}
+	c.nodes[2].Stop()
 	c.nodes[2] = nil
 	c.waitVoters(2)
 	// With two voters left and one of them down, removing the other is refused.

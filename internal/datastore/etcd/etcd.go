@@ -57,7 +57,7 @@ func (c *Config) setDefaults() {
 		c.ClientPort = 2379
 	}
 	if c.PeerPort == 0 {
-		c.PeerPort = 2380
+		c.PeerPort = DefaultPeerPort
 	}
 	if c.HeartbeatMs == 0 {
 		c.HeartbeatMs = 300
@@ -66,6 +66,9 @@ func (c *Config) setDefaults() {
 		c.ElectionMs = 3000
 	}
 }
+
+// DefaultPeerPort carries the members' Raft traffic.
+const DefaultPeerPort = 2380
 
 // Dir is where the member's data lives.
 func Dir(dbDir string) string { return filepath.Join(dbDir, "etcd") }
