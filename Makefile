@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/hakube/hakube/internal/version.Version=$(VERSION) \
 BIN := bin/hakube
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build run test unit e2e robustness lint fuzz clean
+.PHONY: build run test unit e2e robustness bench lint fuzz clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
@@ -44,6 +44,12 @@ TRAFFIC ?= 5
 robustness: build
 	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) ROBUSTNESS_SERVERS=$(SERVERS) ROBUSTNESS_DATASTORE=$(DATASTORE) \
 		go test -count=1 -timeout 600m -v -run TestRobustness ./test/robustness/
+
+# Benchmarks: figures are reported in bench/results/<date>-<host>.{json,md}, never asserted.
+# BENCH_DURATION is the time per workload (default 10s).
+bench: build
+	HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_BENCH=1 BENCH_COMMIT=$(VERSION) BENCH_DURATION=$(BENCH_DURATION) \
+		go test -count=1 -timeout 60m -v -run TestBench ./bench/
 
 fuzz:
 	go test ./internal/token -run '^$$' -fuzz FuzzParse -fuzztime 60s

@@ -72,12 +72,20 @@ func (f *fsm) published(index uint64, c *command, res *result, events []*server.
 }
 
 // StoreConfiguration sees membership entries: they move the applied index
-// too, and a read index may point at one.
+// too, and a read index may point at one. The index is stored as well: a
+// snapshot taken right after such an entry must carry it, or a member
+// restored from it would wait for an index it has already passed.
 func (f *fsm) StoreConfiguration(index uint64, _ raft.Configuration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if index > f.st.index {
 		f.st.index = index
+		if err := f.st.setIndex(index); err != nil {
+			select {
+			case f.fatal <- fmt.Errorf("recording membership entry %d: %w", index, err):
+			default:
+			}
+		}
 	}
 	close(f.applied)
 	f.applied = make(chan struct{})

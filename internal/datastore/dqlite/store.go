@@ -365,6 +365,13 @@ func (s *store) expired(ctx context.Context, q querier, now int64) ([]*row, erro
 	return out, rows.Err()
 }
 
+// setIndex records an applied index that moved without a command (a
+// membership entry), so that a snapshot of the database carries it.
+func (s *store) setIndex(index uint64) error {
+	_, err := s.db.Exec(`INSERT INTO meta (name, value) VALUES ('index', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, int64(index))
+	return err
+}
+
 func setMeta(ctx context.Context, tx *sql.Tx, name string, v int64) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, v)
 	return err
