@@ -59,26 +59,10 @@ func TestBench(t *testing.T) {
 	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Host: host, Commit: os.Getenv("BENCH_COMMIT")}
 	rep.FsyncMs = fsyncP50(t)
 	t.Logf("fsync p50 %.2f ms", rep.FsyncMs)
-	for _, kind := range []string{"etcd", "dqlite"} {
+	for _, kind := range []string{"etcd", "dqlite", "sqlite"} {
 		t.Run(kind, func(t *testing.T) {
-			nw := harness.NewNetwork(t, 3)
-			c := harness.NewEtcdCluster(t, nw, 3, "bench-secret")
-			c.InitArgs = []string{"--datastore=" + kind}
-			c.Form(t)
-			leader := c.Leader(t, c.Servers[0])
-			var cli *clientv3.Client
-			if kind == "etcd" {
-				cli = c.EtcdClient(t, leader)
-			} else {
-				var err error
-				cli, err = clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + filepath.Join(leader.DataDir, "server", "dqlite.sock")},
-					DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
+			target, cli := start(t, kind)
 			defer cli.Close()
-			target := "hakube 3-server " + kind
 			for _, w := range workloads() {
 				r := run(t, cli, w, seconds())
 				r.Target = target
@@ -88,6 +72,33 @@ func TestBench(t *testing.T) {
 		})
 	}
 	write(t, rep)
+}
+
+// start runs hakube on the datastore kind (etcd and Dqlite: three servers on
+// network-namespace hosts; SQLite: one server) and returns a client of the
+// datastore's etcd API: the leader's member, or the single server's kine.
+func start(t *testing.T, kind string) (string, *clientv3.Client) {
+	unix := func(sock string) *clientv3.Client {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + sock}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cli
+	}
+	if kind == "sqlite" {
+		s := harness.NewServer(t, "bench")
+		s.Start()
+		return "hakube 1-server SQLite", unix(filepath.Join(s.DataDir, "server", "kine.sock"))
+	}
+	nw := harness.NewNetwork(t, 3)
+	c := harness.NewEtcdCluster(t, nw, 3, "bench-secret")
+	c.InitArgs = []string{"--datastore=" + kind}
+	c.Form(t)
+	leader := c.Leader(t, c.Servers[0])
+	if kind == "etcd" {
+		return "hakube 3-server etcd", c.EtcdClient(t, leader)
+	}
+	return "hakube 3-server Dqlite", unix(filepath.Join(leader.DataDir, "server", "dqlite.sock"))
 }
 
 type workload struct {

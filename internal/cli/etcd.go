@@ -5,18 +5,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/grpclog"
 
-	"github.com/hakube/hakube/internal/datastore"
-	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
-	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/server"
 )
 
@@ -31,43 +26,10 @@ func newEtcdCommand() *cobra.Command {
 		},
 	}
 	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
-	connect := func() (*clientv3.Client, error) {
-		tlsDir := pki.Dir(filepath.Join(dataDir, "server", "tls"))
-		ep := etcd.LocalEndpoint(tlsDir, 0)
-		if _, err := os.Stat(ep.CertFile); err != nil {
-			return nil, fmt.Errorf("no etcd client certificate in %s: is this a server on embedded etcd, and is --data-dir right?", tlsDir)
-		}
-		return datastore.Client(ep)
-	}
-
-	// A server on Dqlite answers the same commands through its member.
-	dqliteClient := func() (*dqlite.Client, bool, error) {
-		dbDir := filepath.Join(dataDir, "server", "db")
-		if !dqlite.HasState(dqlite.Dir(dbDir)) {
-			return nil, false, nil
-		}
-		c, err := dqlite.LocalClient(dbDir, pki.Dir(filepath.Join(dataDir, "server", "tls")))
-		return c, true, err
-	}
+	local := func() localDatastore { return localDatastore{dataDir: dataDir} }
 	members := func(cmd *cobra.Command) ([]etcd.Member, error) {
-		if dc, ok, err := dqliteClient(); ok {
-			if err != nil {
-				return nil, err
-			}
-			ms, err := dc.Members(cmd.Context())
-			out := make([]etcd.Member, 0, len(ms))
-			for _, m := range ms {
-				out = append(out, etcd.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter,
-					Leader: m.Leader, Healthy: m.Healthy, RaftIndex: m.Applied})
-			}
-			return out, err
-		}
-		cli, err := connect()
-		if err != nil {
-			return nil, err
-		}
-		defer cli.Close()
-		return etcd.Members(cmd.Context(), cli)
+		_, ms, err := local().members(cmd.Context())
+		return ms, err
 	}
 
 	var output string
@@ -105,17 +67,17 @@ func newEtcdCommand() *cobra.Command {
 		Short: "Remove a member (refused when the removal would lose quorum)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if dc, ok, err := dqliteClient(); ok {
+			if dc, ok, err := local().dqliteClient(); ok {
 				if err == nil {
 					err = dc.Remove(cmd.Context(), args[0])
 				}
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, move its <data-dir>/server/db/dqlite away and start it with --server https://<a remaining server>:6443.\n", args[0])
+				fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", args[0])
 				return nil
 			}
-			cli, err := connect()
+			cli, err := local().connect()
 			if err != nil {
 				return err
 			}

@@ -20,6 +20,7 @@ func TestDqliteHACluster(t *testing.T) {
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 
 	formInParallel(t, c, fig, "dqlite_", []string{"the cluster runs on Dqlite"}, "--datastore=dqlite")
+	checkStatus(t, c, s3, "dqlite", nil)
 
 	createConfigMaps(t, s1, "bulk", 100)
 	for _, s := range []*harness.Server{s2, s3} {
@@ -51,6 +52,7 @@ func TestDqliteHACluster(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	fig.record(t, "dqlite_failover_leader_kill_to_write", time.Since(killed))
+	checkStatus(t, c, others[0], "dqlite", victim)
 	createConfigMaps(t, others[1], "during-outage", 20)
 	victim.Start()
 	if n := countConfigMaps(t, victim, "during-outage"); n != 20 {

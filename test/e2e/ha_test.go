@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/status"
 	"github.com/hakube/hakube/test/harness"
 )
 
@@ -96,6 +98,7 @@ func TestHACluster(t *testing.T) {
 	// Form: server 1 with --cluster-init, then servers 2 and 3 join at the same
 	// time (etcd allows one learner, so one of them waits its turn).
 	formInParallel(t, c, fig, "", []string{"added as learner", "promoted to voter"})
+	checkStatus(t, c, s2, "etcd", nil)
 	waited := strings.Contains(s2.CurrentLog()+s3.CurrentLog(), "another server is joining")
 	t.Logf("a parallel joiner waited for the other's promotion: %v", waited)
 
@@ -120,6 +123,41 @@ func TestHACluster(t *testing.T) {
 			break
 		}
 	}
+}
+
+// checkStatus runs 'hakube cluster status' on s, in JSON and as a table: all
+// three members healthy with one leader, or down (if given) unhealthy and the
+// cluster degraded, with a non-zero exit.
+func checkStatus(t *testing.T, c *cluster, s *harness.Server, kind string, down *harness.Server) {
+	t.Helper()
+	out, code := s.Hakube("cluster", "status", "-o", "json")
+	var st status.Status
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):strings.LastIndex(out, "}")+1]), &st); err != nil {
+		t.Fatalf("cluster status -o json: %v\n%s", err, out)
+	}
+	leaders := 0
+	for _, m := range st.Members {
+		if m.Role == "leader" {
+			leaders++
+		}
+		isDown := down != nil && c.ServerOf(m.Name) == down
+		if m.Healthy == isDown || (m.Healthy && (m.DBSize == 0 || m.RaftIndex == 0)) {
+			t.Fatalf("cluster status on %s: member %+v (down: %v)\n%s", s.Name, m, isDown, out)
+		}
+	}
+	wantCode, wantLose, summary := 0, 1, "healthy: 3 voters, can lose 1 server"
+	if down != nil {
+		wantCode, wantLose, summary = 1, 0, "degraded: "
+	}
+	if (code == 0) != (wantCode == 0) || st.Datastore != kind || len(st.Members) != 3 || leaders != 1 || st.CanLose != wantLose ||
+		!strings.HasPrefix(st.Summary, summary) || st.Healthy != (down == nil) {
+		t.Fatalf("cluster status -o json on %s: exit %d\n%s", s.Name, code, out)
+	}
+	table, code := s.Hakube("cluster", "status")
+	if (code == 0) != (wantCode == 0) || !strings.Contains(table, "status:    "+summary) || !regexp.MustCompile(`NAME +ROLE +HEALTHY +RAFT INDEX +LAG +DB SIZE +FRAGMENTED`).MatchString(table) {
+		t.Fatalf("cluster status on %s: exit %d\n%s", s.Name, code, table)
+	}
+	t.Logf("hakube cluster status on %s:\n%s", s.Name, table)
 }
 
 // formInParallel starts server 1 with --cluster-init and initArgs, then the
@@ -186,6 +224,7 @@ func leaderFailover(t *testing.T, c *cluster, fig figures) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	fig.record(t, "failover_leader_kill_to_write", time.Since(killed))
+	checkStatus(t, c, others[0], "etcd", victim)
 	createConfigMaps(t, others[0], "during-outage-a", 25)
 	createConfigMaps(t, others[1], "during-outage-b", 25)
 

@@ -133,7 +133,7 @@ func (b *Backend) Compact(ctx context.Context, revision int64) (int64, error) {
 func (b *Backend) DbSize(ctx context.Context) (int64, error) {
 	var size int64
 	err := b.n.fsm.read(func(st *store) (err error) {
-		size, err = st.size(ctx)
+		size, _, err = st.size(ctx)
 		return err
 	})
 	return size, err

@@ -20,6 +20,9 @@ type Member struct {
 	// Healthy: the member answered, and has applied the log recently.
 	Healthy bool   `json:"healthy"`
 	Applied uint64 `json:"appliedIndex,omitempty"`
+	// DBSize is the SQLite state's size; DBFree its free pages' bytes.
+	DBSize int64 `json:"dbSize,omitempty"`
+	DBFree int64 `json:"dbFree,omitempty"`
 }
 
 type status struct {
@@ -28,13 +31,20 @@ type status struct {
 	Leader  string `json:"leader"`
 	Applied uint64 `json:"appliedIndex"`
 	Commit  uint64 `json:"commitIndex"`
+	DBSize  int64  `json:"dbSize"`
+	DBFree  int64  `json:"dbFree"`
 }
 
 func (n *Node) status() status {
-	var applied uint64
-	_ = n.fsm.read(func(st *store) error { applied = st.index; return nil })
+	st := status{ID: n.cfg.ID, State: n.raft.State().String(), Commit: n.raft.CommitIndex()}
+	_ = n.fsm.read(func(s *store) error {
+		st.Applied = s.index
+		st.DBSize, st.DBFree, _ = s.size(context.Background())
+		return nil
+	})
 	_, leader := n.raft.LeaderWithID()
-	return status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Applied: applied, Commit: n.raft.CommitIndex()}
+	st.Leader = string(leader)
+	return st
 }
 
 // Members lists the configuration with each member's health, as seen by
@@ -56,7 +66,7 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 			st = status{}
 		}
 		cancel()
-		m.Applied = st.Applied
+		m.Applied, m.DBSize, m.DBFree = st.Applied, st.DBSize, st.DBFree
 		m.Healthy = st.ID == m.ID && st.Leader != ""
 		out = append(out, m)
 	}

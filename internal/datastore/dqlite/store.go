@@ -387,14 +387,13 @@ func (s *store) snapshotTo(path string) error {
 	return err
 }
 
-// size is the database's size in bytes.
-func (s *store) size(ctx context.Context) (int64, error) {
-	var pages, pageSize int64
-	if err := s.db.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
-		return 0, err
+// size is the database's size in bytes, and the bytes of its free pages.
+func (s *store) size(ctx context.Context) (total, free int64, err error) {
+	var pages, freePages, pageSize int64
+	for q, v := range map[string]*int64{`PRAGMA page_count`: &pages, `PRAGMA freelist_count`: &freePages, `PRAGMA page_size`: &pageSize} {
+		if err := s.db.QueryRowContext(ctx, q).Scan(v); err != nil {
+			return 0, 0, err
+		}
 	}
-	if err := s.db.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&pageSize); err != nil {
-		return 0, err
-	}
-	return pages * pageSize, nil
+	return pages * pageSize, freePages * pageSize, nil
 }

@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/grpclog"
+
+	"github.com/hakube/hakube/internal/server"
+	"github.com/hakube/hakube/internal/status"
+)
+
+func newClusterCommand() *cobra.Command {
+	dataDir := server.NewConfig().DataDir
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "The HA cluster's datastore, whichever kind (run on a server; credentials come from --data-dir)",
+		PersistentPreRun: func(*cobra.Command, []string) {
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+		},
+	}
+	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
+	var output string
+	st := &cobra.Command{
+		Use:   "status",
+		Short: "Members (role, health, raft index and lag, database size and fragmentation) and how many servers the cluster can lose; exits 1 when unhealthy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			kind, ms, err := localDatastore{dataDir: dataDir}.members(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var members []status.Member
+			leader := ""
+			for _, m := range ms {
+				role := "voter"
+				if m.Learner {
+					role = "learner"
+				}
+				if m.Leader {
+					leader = m.Name
+				}
+				members = append(members, status.Member{Name: m.Name, Role: role, Healthy: m.Healthy, RaftIndex: m.RaftIndex,
+					DBSize: m.DBSize, DBFree: max(m.DBSize-m.DBSizeUsed, 0), Error: m.Error})
+			}
+			s := status.New(string(kind), members, leader)
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(s); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(out, "datastore: %s\nstatus:    %s\n\n", s.Datastore, s.Summary)
+				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "NAME\tROLE\tHEALTHY\tRAFT INDEX\tLAG\tDB SIZE\tFRAGMENTED")
+				for _, m := range s.Members {
+					fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%d\t%s\t%.0f%%\n", m.Name, m.Role, m.Healthy, m.RaftIndex, m.Lag, bytes(m.DBSize), 100*m.Fragmentation)
+				}
+				if err := w.Flush(); err != nil {
+					return err
+				}
+			}
+			if !s.Healthy {
+				return errors.New("the cluster is not healthy: " + s.Summary)
+			}
+			return nil
+		},
+	}
+	st.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.AddCommand(st)
+	return cmd
+}
+
+func bytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
