@@ -9,8 +9,8 @@ import (
 )
 
 // TestDqliteHACluster forms a three-server cluster on the Dqlite datastore
-// with the same join flow as etcd, loses its leader, refuses a wrong token,
-// and restarts cold; every server serves the same objects at the same
+// with the same join flow as etcd, loses its leader, removes a member that
+// then rejoins, refuses a wrong token, and restarts cold; every server serves the same objects at the same
 // resource versions throughout.
 func TestDqliteHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 4)
@@ -59,6 +59,11 @@ func TestDqliteHACluster(t *testing.T) {
 		t.Fatalf("restarted %s sees %d of 20 configmaps written while it was down", victim.Name, n)
 	}
 	c.waitVoters(s1, 3)
+	c.CheckSameConfigMaps(t, "default")
+
+	// A member removed with 'hakube etcd member remove' stops, and rejoins
+	// with --server (its old data moved aside).
+	removeAndRejoin("dqlite", 100)(t, c, fig)
 	c.CheckSameConfigMaps(t, "default")
 
 	// A joiner with the wrong secret is refused and the cluster is unchanged.

@@ -116,7 +116,7 @@ func TestHACluster(t *testing.T) {
 	}{
 		{"leader killed, writes go on", leaderFailover},
 		{"wrong token and rogue server are refused", refusedJoins},
-		{"removed member rejoins", removeAndRejoin},
+		{"removed member rejoins", removeAndRejoin("etcd", 200)},
 		{"cold restart in reverse order", coldRestart},
 	} {
 		if !t.Run(sc.name, func(t *testing.T) { sc.run(t, c.in(t), fig) }) {
@@ -288,58 +288,62 @@ func refusedJoins(t *testing.T, c *cluster, _ figures) {
 	}
 }
 
-func removeAndRejoin(t *testing.T, c *cluster, fig figures) {
-	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
-	var name string
-	for _, m := range c.memberList(s1) {
-		if strings.HasPrefix(m.Name, s3.Name+"-") {
-			name = m.Name
+// removeAndRejoin removes server 3 from a cluster on kind holding bulk
+// "bulk" configmaps (refused first while server 2 is down), and brings it back
+// with --server.
+func removeAndRejoin(kind string, bulk int) func(*testing.T, *cluster, figures) {
+	return func(t *testing.T, c *cluster, fig figures) {
+		s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
+		var name string
+		for _, m := range c.memberList(s1) {
+			if c.ServerOf(m.Name) == s3 {
+				name = m.Name
+			}
 		}
-	}
-	// With s2 down, removing s3 would leave one healthy voter of two: refused.
-	s2.Stop()
-	out, code := s1.Hakube("etcd", "member", "remove", name)
-	if code == 0 || !strings.Contains(out, "would lose quorum") {
-		t.Fatalf("removal that loses quorum was not refused: exit %d\n%s", code, out)
-	}
-	s2.Start()
-	c.waitVoters(s1, 3)
+		// With s2 down, removing s3 would leave one healthy voter of two: refused.
+		s2.Stop()
+		out, code := s1.Hakube("etcd", "member", "remove", name)
+		if code == 0 || !strings.Contains(out, "quorum") {
+			t.Fatalf("removal that loses quorum was not refused: exit %d\n%s", code, out)
+		}
+		s2.Start()
+		c.waitVoters(s1, 3)
 
-	out, code = s1.Hakube("etcd", "member", "remove", name)
-	if code != 0 {
-		t.Fatalf("member remove: exit %d\n%s", code, out)
-	}
-	// The removed server notices and stops with a message that says what to do.
-	deadline := time.Now().Add(time.Minute)
-	for s3.Running() && time.Now().Before(deadline) {
-		time.Sleep(500 * time.Millisecond)
-	}
-	if s3.Running() {
-		t.Error("the removed server kept running")
-		s3.Stop()
-	} else if !strings.Contains(s3.CurrentLog(), "removed from the etcd cluster") {
-		t.Errorf("removed server exited without saying it was removed:\n%s", s3.LogTail(10))
-	}
-	// Two voters now: a restarting server warns that they tolerate no failure.
-	s2.Stop()
-	s2.Start()
-	if !strings.Contains(s2.CurrentLog(), "2 servers, which tolerate 0 failures") {
-		t.Error("a server of a two-server cluster did not warn about the even server count")
-	}
+		out, code = s1.Hakube("etcd", "member", "remove", name)
+		if code != 0 {
+			t.Fatalf("member remove: exit %d\n%s", code, out)
+		}
+		// The removed server notices and stops with a message that says what to do.
+		code, err := s3.WaitExit(time.Minute)
+		if err != nil {
+			t.Error("the removed server kept running")
+			s3.Stop()
+		} else if code == 0 || !strings.Contains(s3.CurrentLog(), "was removed from the") || !strings.Contains(s3.CurrentLog(), "--server") {
+			t.Errorf("removed server exited (%d) without saying it was removed:\n%s", code, s3.LogTail(10))
+		}
+		if kind == "etcd" {
+			// Two voters now: a restarting server warns that they tolerate no failure.
+			s2.Stop()
+			s2.Start()
+			if !strings.Contains(s2.CurrentLog(), "2 servers, which tolerate 0 failures") {
+				t.Error("a server of a two-server cluster did not warn about the even server count")
+			}
+		}
 
-	began := time.Now()
-	s3.Start("--server", s1.URL())
-	fig.record(t, "removed_member_rejoin_ready", time.Since(began))
-	if !strings.Contains(s3.CurrentLog(), "old data is kept in") {
-		t.Error("rejoining server did not say where it kept its old data")
-	}
-	backups, _ := filepath.Glob(filepath.Join(s3.DataDir, "server", "db", "etcd-removed-*"))
-	if len(backups) != 1 {
-		t.Fatalf("old etcd data was not kept aside: %v", backups)
-	}
-	c.waitVoters(s1, 3)
-	if n := countConfigMaps(t, s3, "bulk"); n != 200 {
-		t.Fatalf("rejoined server sees %d of 200 configmaps", n)
+		began := time.Now()
+		s3.Start("--server", s1.URL())
+		fig.record(t, strings.TrimPrefix(kind+"_", "etcd_")+"removed_member_rejoin_ready", time.Since(began))
+		if !strings.Contains(s3.CurrentLog(), "old data is kept in") {
+			t.Error("rejoining server did not say where it kept its old data")
+		}
+		backups, _ := filepath.Glob(filepath.Join(s3.DataDir, "server", "db", kind+"-removed-*"))
+		if len(backups) != 1 {
+			t.Fatalf("old %s data was not kept aside: %v", kind, backups)
+		}
+		c.waitVoters(s1, 3)
+		if n := countConfigMaps(t, s3, "bulk"); n != bulk {
+			t.Fatalf("rejoined server sees %d of %d configmaps", n, bulk)
+		}
 	}
 }
 
