@@ -21,6 +21,7 @@ func TestDqliteHACluster(t *testing.T) {
 
 	formInParallel(t, c, fig, "dqlite_", []string{"the cluster runs on Dqlite"}, "--datastore=dqlite")
 	checkStatus(t, c, s3, "dqlite", nil)
+	checkSnapshots(t, s3, "dqlite")
 
 	createConfigMaps(t, s1, "bulk", 100)
 	for _, s := range []*harness.Server{s2, s3} {

@@ -2,9 +2,13 @@
 package e2e
 
 import (
+	"compress/gzip"
 	"context"
+	"database/sql"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,7 +20,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	_ "github.com/mattn/go-sqlite3"
+
 	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/status"
 	"github.com/hakube/hakube/test/harness"
 )
@@ -99,6 +106,7 @@ func TestHACluster(t *testing.T) {
 	// time (etcd allows one learner, so one of them waits its turn).
 	formInParallel(t, c, fig, "", []string{"added as learner", "promoted to voter"})
 	checkStatus(t, c, s2, "etcd", nil)
+	checkSnapshots(t, s2, "etcd")
 	waited := strings.Contains(s2.CurrentLog()+s3.CurrentLog(), "another server is joining")
 	t.Logf("a parallel joiner waited for the other's promotion: %v", waited)
 
@@ -158,6 +166,87 @@ func checkStatus(t *testing.T, c *cluster, s *harness.Server, kind string, down 
 		t.Fatalf("cluster status on %s: exit %d\n%s", s.Name, code, table)
 	}
 	t.Logf("hakube cluster status on %s:\n%s", s.Name, table)
+}
+
+// checkSnapshots saves two snapshots on s (one compressed), lists them,
+// checks that each file is what its metadata says and holds the datastore's
+// data (an etcd bbolt file; a SQLite database with the key/value rows), then
+// prunes and deletes them.
+func checkSnapshots(t *testing.T, s *harness.Server, kind string) {
+	t.Helper()
+	for _, args := range [][]string{{"--name", "first"}, {"--name", "second", "--compress"}} {
+		if out, code := s.Hakube(append([]string{"etcd-snapshot", "save"}, args...)...); code != 0 || !strings.Contains(out, "saved snapshot") {
+			t.Fatalf("etcd-snapshot save %v on %s: exit %d\n%s", args, s.Name, code, out)
+		}
+	}
+	out, code := s.Hakube("etcd-snapshot", "ls", "-o", "json")
+	var list []snapshot.Meta
+	if code != 0 || json.Unmarshal([]byte(out[strings.Index(out, "["):]), &list) != nil || len(list) != 2 {
+		t.Fatalf("etcd-snapshot ls on %s: exit %d\n%s", s.Name, code, out)
+	}
+	dir := snapshot.Dir(filepath.Join(s.DataDir, "server", "db", "snapshots"))
+	for _, m := range list {
+		if err := dir.Verify(m.Name); err != nil || m.Datastore != kind || m.Node == "" || m.Size == 0 {
+			t.Fatalf("snapshot %+v: %v", m, err)
+		}
+		f, err := os.Open(filepath.Join(string(dir), m.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r io.Reader = f
+		if m.Compressed {
+			if r, err = gzip.NewReader(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tmp := filepath.Join(t.TempDir(), "snapshot.db")
+		w, _ := os.Create(tmp)
+		_, err = io.Copy(w, r)
+		w.Close()
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSnapshotData(t, tmp, kind)
+	}
+	table, _ := s.Hakube("etcd-snapshot", "ls")
+	t.Logf("hakube etcd-snapshot ls on %s:\n%s", s.Name, table)
+	if out, code := s.Hakube("etcd-snapshot", "prune", "--snapshot-retention", "1"); code != 0 || !strings.Contains(out, "pruned 1 snapshots: "+list[0].Name) {
+		t.Fatalf("prune: exit %d\n%s", code, out)
+	}
+	if out, code := s.Hakube("etcd-snapshot", "delete", list[1].Name, "no-such-snapshot"); code == 0 || !strings.Contains(out, "no snapshot called no-such-snapshot") {
+		t.Fatalf("delete with a missing name: exit %d\n%s", code, out)
+	}
+	if left, _ := dir.List(); len(left) != 0 {
+		t.Fatalf("snapshots left after prune and delete: %+v", left)
+	}
+}
+
+// checkSnapshotData opens a snapshot file as the datastore would.
+func checkSnapshotData(t *testing.T, path, kind string) {
+	t.Helper()
+	if kind == "etcd" {
+		b := make([]byte, 20)
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		// A bbolt file's first page is a meta page: its magic follows a 16-byte header.
+		if _, err := io.ReadFull(f, b); err != nil || binary.LittleEndian.Uint32(b[16:]) != 0xED0CDAED {
+			t.Fatalf("etcd snapshot %s is not a bbolt database (%v)", path, err)
+		}
+		return
+	}
+	db, err := sql.Open("sqlite3", path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM kv WHERE key LIKE '/registry/configmaps/%'`).Scan(&n); err != nil || n == 0 {
+		t.Fatalf("Dqlite snapshot %s: %d configmap rows (%v)", path, n, err)
+	}
 }
 
 // formInParallel starts server 1 with --cluster-init and initArgs, then the

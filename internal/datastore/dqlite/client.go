@@ -1,9 +1,11 @@
 package dqlite
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -46,4 +48,29 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 func (c *Client) Remove(ctx context.Context, id string) error {
 	body, _ := json.Marshal(Member{ID: id})
 	return callRPC(ctx, c.hc, c.addr, "POST", "/remove", body, nil)
+}
+
+// Snapshot streams a copy of the member's SQLite state (a voter's only).
+func (c *Client) Snapshot(ctx context.Context) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", "https://"+c.addr+"/snapshot", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return nil, fmt.Errorf("snapshot of the Dqlite member: %s", bytes.TrimSpace(b))
+	}
+	return resp.Body, nil
+}
+
+// ID is the member's name in the cluster.
+func (c *Client) ID(ctx context.Context) (string, error) {
+	var st status
+	err := callRPC(ctx, c.hc, c.addr, "GET", "/status", nil, &st)
+	return st.ID, err
 }

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -80,6 +82,26 @@ func (n *Node) handler() http.Handler {
 	}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.status())
+	})
+	mux.HandleFunc("GET /snapshot", func(w http.ResponseWriter, r *http.Request) {
+		if !n.Voter() {
+			http.Error(w, "this member is not a voter yet (it is still catching up): take the snapshot on a voter", http.StatusConflict)
+			return
+		}
+		path := filepath.Join(n.cfg.Dir, fmt.Sprintf("backup-%d.db", time.Now().UnixNano()))
+		defer func() { _ = removeFiles(path) }()
+		if err := n.fsm.read(func(st *store) error { return st.snapshotTo(path) }); err != nil {
+			rpcError(w, err)
+			return
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			rpcError(w, err)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/vnd.sqlite3")
+		_, _ = io.Copy(w, f)
 	})
 	mux.HandleFunc("GET /members", func(w http.ResponseWriter, r *http.Request) {
 		ms, err := n.Members(r.Context())

@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/grpclog"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/server"
+	"github.com/hakube/hakube/internal/snapshot"
+)
+
+func newSnapshotCommand() *cobra.Command {
+	dataDir := server.NewConfig().DataDir
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "etcd-snapshot",
+		Short: "Save, list, delete and prune snapshots of the embedded etcd or Dqlite datastore (run on a server)",
+		PersistentPreRun: func(*cobra.Command, []string) {
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+		},
+	}
+	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
+	cmd.PersistentFlags().StringVar(&dir, "dir", "", "snapshot directory (default <data-dir>/server/db/snapshots)")
+	snapDir := func() snapshot.Dir {
+		if dir != "" {
+			return snapshot.Dir(dir)
+		}
+		return snapshot.Dir(filepath.Join(dataDir, "server", "db", "snapshots"))
+	}
+
+	var name string
+	var compress bool
+	save := &cobra.Command{
+		Use:   "save",
+		Short: "Take a snapshot of this server's datastore member (refused on a learner)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := saveSnapshot(cmd, localDatastore{dataDir: dataDir}, snapDir(), name, compress)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "saved snapshot %s (%s, %s, sha256 %s)\n", m.Name, m.Location, bytes(m.Size), m.SHA256)
+			return nil
+		},
+	}
+	save.Flags().StringVar(&name, "name", "on-demand", "name prefix; the node name and the time are appended")
+	save.Flags().BoolVar(&compress, "compress", false, "gzip the snapshot")
+
+	var output string
+	list := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List snapshots: name, location, size, created, node",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			all, err := snapDir().List()
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				if all == nil {
+					all = []snapshot.Meta{}
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(all)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tLOCATION\tSIZE\tCREATED\tNODE\tDATASTORE")
+			for _, m := range all {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Location, bytes(m.Size), m.Created.Format(time.RFC3339), m.Node, m.Datastore)
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+
+	del := &cobra.Command{
+		Use:   "delete NAME...",
+		Short: "Delete snapshots",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := snapDir().Delete(args...); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", strings.Join(args, ", "))
+			return nil
+		},
+	}
+
+	var keep int
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete all but the newest --snapshot-retention snapshots",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			gone, err := snapDir().Prune(keep)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pruned %d snapshots%s\n", len(gone), strings.TrimSuffix(": "+strings.Join(gone, ", "), ": "))
+			return nil
+		},
+	}
+	prune.Flags().IntVar(&keep, "snapshot-retention", 5, "how many snapshots to keep")
+	cmd.AddCommand(save, list, del, prune)
+	return cmd
+}
+
+// saveSnapshot streams a snapshot of the local member into dir.
+func saveSnapshot(cmd *cobra.Command, l localDatastore, dir snapshot.Dir, prefix string, compress bool) (snapshot.Meta, error) {
+	ctx := cmd.Context()
+	var r io.ReadCloser
+	m := snapshot.Meta{Created: time.Now().UTC()}
+	if dc, ok, err := l.dqliteClient(); ok {
+		if err != nil {
+			return m, err
+		}
+		if m.Node, err = dc.ID(ctx); err != nil {
+			return m, err
+		}
+		if r, err = dc.Snapshot(ctx); err != nil {
+			return m, err
+		}
+		m.Datastore = string(datastore.Dqlite)
+	} else {
+		cli, err := l.connect()
+		if err != nil {
+			return m, errors.New("snapshots are taken of an embedded etcd or Dqlite member; this server has neither (a single SQLite server: " +
+				"copy <data-dir>/server/db/state.db while it is stopped, or move it to etcd with --cluster-init)")
+		}
+		defer cli.Close()
+		if m.Node, err = etcdSelf(cmd, cli, l); err != nil {
+			return m, err
+		}
+		if r, err = cli.Snapshot(ctx); err != nil {
+			return m, err
+		}
+		m.Datastore = string(datastore.Etcd)
+	}
+	defer r.Close()
+	m.Name = snapshot.Name(prefix, m.Node, m.Created)
+	return dir.Save(m, r, compress)
+}
+
+// etcdSelf is the local member's name; a learner is refused: it may miss
+// entries the cluster committed.
+func etcdSelf(cmd *cobra.Command, cli *clientv3.Client, l localDatastore) (string, error) {
+	name := etcd.MemberName(filepath.Join(l.dataDir, "server", "db"))
+	resp, err := cli.MemberList(cmd.Context())
+	if err != nil {
+		return "", err
+	}
+	for _, m := range resp.Members {
+		if m.Name == name && m.IsLearner {
+			return "", fmt.Errorf("member %s is a learner (still catching up) and may miss committed entries: take the snapshot on a voter", name)
+		}
+	}
+	return name, nil
+}
