@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/grpclog"
 
+	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/server"
 	"github.com/hakube/hakube/internal/status"
 )
@@ -31,7 +32,7 @@ func newClusterCommand() *cobra.Command {
 		Short: "Members (role, health, raft index and lag, database size and fragmentation) and how many servers the cluster can lose; exits 1 when unhealthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			kind, ms, err := localDatastore{dataDir: dataDir}.members(cmd.Context())
+			kind, ms, err := local.Datastore{DataDir: dataDir}.Members(cmd.Context())
 			if err != nil {
 				return err
 			}

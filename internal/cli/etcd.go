@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/server"
 )
 
@@ -26,9 +27,9 @@ func newEtcdCommand() *cobra.Command {
 		},
 	}
 	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
-	local := func() localDatastore { return localDatastore{dataDir: dataDir} }
+	localMember := func() local.Datastore { return local.Datastore{DataDir: dataDir} }
 	members := func(cmd *cobra.Command) ([]etcd.Member, error) {
-		_, ms, err := local().members(cmd.Context())
+		_, ms, err := localMember().Members(cmd.Context())
 		return ms, err
 	}
 
@@ -67,7 +68,7 @@ func newEtcdCommand() *cobra.Command {
 		Short: "Remove a member (refused when the removal would lose quorum)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if dc, ok, err := local().dqliteClient(); ok {
+			if dc, ok, err := localMember().DqliteClient(); ok {
 				if err == nil {
 					err = dc.Remove(cmd.Context(), args[0])
 				}
@@ -77,7 +78,7 @@ func newEtcdCommand() *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", args[0])
 				return nil
 			}
-			cli, err := local().connect()
+			cli, err := localMember().Connect()
 			if err != nil {
 				return err
 			}

@@ -79,6 +79,10 @@ order; without one a random token is generated and stored in
 	f.StringArrayVar(&cfg.KubeAPIServerArgs, "kube-apiserver-arg", nil, "extra flag for kube-apiserver, as key=value (repeatable)")
 	f.StringArrayVar(&cfg.KubeControllerManagerArgs, "kube-controller-manager-arg", nil, "extra flag for kube-controller-manager, as key=value (repeatable)")
 	f.StringArrayVar(&cfg.KubeSchedulerArgs, "kube-scheduler-arg", nil, "extra flag for kube-scheduler, as key=value (repeatable)")
+	f.StringVar(&cfg.SnapshotSchedule, "etcd-snapshot-schedule-cron", cfg.SnapshotSchedule, "when to snapshot the embedded etcd or Dqlite datastore (cron, or @every 6h)")
+	f.IntVar(&cfg.SnapshotRetention, "etcd-snapshot-retention", cfg.SnapshotRetention, "how many scheduled snapshots to keep")
+	f.StringVar(&cfg.SnapshotDir, "etcd-snapshot-dir", "", "directory of snapshots (default <data-dir>/server/db/snapshots)")
+	f.BoolVar(&cfg.DisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")
 	return cmd
 }
 

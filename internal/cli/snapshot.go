@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,11 +11,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/grpclog"
 
-	"github.com/hakube/hakube/internal/datastore"
-	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/server"
 	"github.com/hakube/hakube/internal/snapshot"
 )
@@ -47,7 +44,7 @@ func newSnapshotCommand() *cobra.Command {
 		Short: "Take a snapshot of this server's datastore member (refused on a learner)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, err := saveSnapshot(cmd, localDatastore{dataDir: dataDir}, snapDir(), name, compress)
+			m, err := snapshot.Take(cmd.Context(), local.Datastore{DataDir: dataDir}, snapDir(), name, compress)
 			if err != nil {
 				return err
 			}
@@ -117,56 +114,4 @@ func newSnapshotCommand() *cobra.Command {
 	prune.Flags().IntVar(&keep, "snapshot-retention", 5, "how many snapshots to keep")
 	cmd.AddCommand(save, list, del, prune)
 	return cmd
-}
-
-// saveSnapshot streams a snapshot of the local member into dir.
-func saveSnapshot(cmd *cobra.Command, l localDatastore, dir snapshot.Dir, prefix string, compress bool) (snapshot.Meta, error) {
-	ctx := cmd.Context()
-	var r io.ReadCloser
-	m := snapshot.Meta{Created: time.Now().UTC()}
-	if dc, ok, err := l.dqliteClient(); ok {
-		if err != nil {
-			return m, err
-		}
-		if m.Node, err = dc.ID(ctx); err != nil {
-			return m, err
-		}
-		if r, err = dc.Snapshot(ctx); err != nil {
-			return m, err
-		}
-		m.Datastore = string(datastore.Dqlite)
-	} else {
-		cli, err := l.connect()
-		if err != nil {
-			return m, errors.New("snapshots are taken of an embedded etcd or Dqlite member; this server has neither (a single SQLite server: " +
-				"copy <data-dir>/server/db/state.db while it is stopped, or move it to etcd with --cluster-init)")
-		}
-		defer cli.Close()
-		if m.Node, err = etcdSelf(cmd, cli, l); err != nil {
-			return m, err
-		}
-		if r, err = cli.Snapshot(ctx); err != nil {
-			return m, err
-		}
-		m.Datastore = string(datastore.Etcd)
-	}
-	defer r.Close()
-	m.Name = snapshot.Name(prefix, m.Node, m.Created)
-	return dir.Save(m, r, compress)
-}
-
-// etcdSelf is the local member's name; a learner is refused: it may miss
-// entries the cluster committed.
-func etcdSelf(cmd *cobra.Command, cli *clientv3.Client, l localDatastore) (string, error) {
-	name := etcd.MemberName(filepath.Join(l.dataDir, "server", "db"))
-	resp, err := cli.MemberList(cmd.Context())
-	if err != nil {
-		return "", err
-	}
-	for _, m := range resp.Members {
-		if m.Name == name && m.IsLearner {
-			return "", fmt.Errorf("member %s is a learner (still catching up) and may miss committed entries: take the snapshot on a voter", name)
-		}
-	}
-	return name, nil
 }

@@ -15,8 +15,10 @@ import (
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
+	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
 )
 
@@ -57,6 +59,13 @@ type Config struct {
 	KubeAPIServerArgs         []string
 	KubeControllerManagerArgs []string
 	KubeSchedulerArgs         []string
+
+	// Scheduled snapshots of an embedded etcd or Dqlite datastore; SnapshotDir
+	// defaults to <data-dir>/server/db/snapshots.
+	SnapshotSchedule  string
+	SnapshotRetention int
+	SnapshotDir       string
+	DisableSnapshots  bool
 }
 
 // NewConfig returns a Config holding the defaults.
@@ -71,7 +80,22 @@ func NewConfig() Config {
 		ClusterDomain:       "cluster.local",
 		WriteKubeconfig:     "/etc/hakube/hakube.yaml",
 		WriteKubeconfigMode: "0600",
+		SnapshotSchedule:    "0 */12 * * *",
+		SnapshotRetention:   5,
 	}
+}
+
+// snapshotDir is where scheduled snapshots go.
+func (c Config) snapshotDir() string {
+	if c.SnapshotDir != "" {
+		return c.SnapshotDir
+	}
+	return filepath.Join(c.serverDir(), "db", "snapshots")
+}
+
+func (c Config) snapshotConfig() snapshot.SchedulerConfig {
+	return snapshot.SchedulerConfig{Schedule: c.SnapshotSchedule, Retention: c.SnapshotRetention,
+		Dir: snapshot.Dir(c.snapshotDir()), Server: local.Datastore{DataDir: c.DataDir}}
 }
 
 // Validate checks every value and says which flag is wrong and how to fix it.
@@ -158,6 +182,14 @@ func (c Config) Validate() error {
 	}
 	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
 		add("--write-kubeconfig %q must be an absolute path", c.WriteKubeconfig)
+	}
+	if !c.DisableSnapshots {
+		if err := c.snapshotConfig().Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.SnapshotDir != "" && !filepath.IsAbs(c.SnapshotDir) {
+		add("--etcd-snapshot-dir %q must be an absolute path", c.SnapshotDir)
 	}
 	if err := c.validateDatastore(); err != nil {
 		errs = append(errs, err)

@@ -25,6 +25,7 @@ import (
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/supervisor"
 )
 
@@ -167,6 +168,9 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, sup, api, kcm, sched)
+	if k := ds.Kind(); (k == datastore.Etcd || k == datastore.Dqlite) && !cfg.DisableSnapshots {
+		components = append(components, snapshot.NewScheduler(cfg.snapshotConfig()))
+	}
 	mgr := component.NewManager(components...)
 	if err := mgr.Start(ctx); err != nil {
 		return err

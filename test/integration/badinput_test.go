@@ -64,6 +64,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown datastore", []string{"--datastore", "mongodb"}, "use etcd (the default with --cluster-init), dqlite, or sqlite"},
 		{"sqlite datastore with cluster-init", []string{"--cluster-init", "--datastore=sqlite"}, "--datastore=sqlite is a single server's datastore"},
 		{"dqlite datastore without cluster-init", []string{"--datastore=dqlite"}, "--datastore=dqlite goes with --cluster-init"},
+		{"bad snapshot schedule", []string{"--etcd-snapshot-schedule-cron", "every noon"}, "--etcd-snapshot-schedule-cron"},
+		{"zero snapshot retention", []string{"--etcd-snapshot-retention", "0"}, "keep at least 1 snapshot"},
 		{"bad service cidr", []string{"--service-cidr", "10.43.0.0/99"}, "--service-cidr"},
 		{"dns outside service cidr", []string{"--cluster-dns", "192.168.1.10"}, "outside --service-cidr"},
 		{"overlapping cidrs", []string{"--cluster-cidr", "10.43.0.0/16"}, "overlap"},

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
 	"github.com/hakube/hakube/test/harness"
 )
@@ -48,7 +49,32 @@ func TestSingleServerLifecycleDqlite(t *testing.T) {
 		if out, code := s.Hakube("etcd", "member", "remove", "server"); code == 0 || !strings.Contains(out, "quorum") {
 			t.Fatalf("removing the only member: exit %d\n%s", code, out)
 		}
-	}, "--cluster-init", "--datastore=dqlite", "--node-name=server")
+		checkScheduledSnapshots(t, s, "dqlite")
+	}, "--cluster-init", "--datastore=dqlite", "--node-name=server", "--etcd-snapshot-schedule-cron=@every 3s", "--etcd-snapshot-retention=2")
+}
+
+// checkScheduledSnapshots waits until the server (snapshots every 3 s,
+// retention 2) has pruned, then checks the snapshots left.
+func checkScheduledSnapshots(t *testing.T, s *harness.Server, kind string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(s.CurrentLog(), "snapshots: pruned") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no scheduled snapshot pruned within a minute:\n%s", s.LogTail(20))
+		}
+		time.Sleep(time.Second)
+	}
+	dir := snapshot.Dir(filepath.Join(s.DataDir, "server", "db", "snapshots"))
+	list, err := dir.List()
+	// The scheduler may be between its next save and prune: 2 or 3.
+	if err != nil || len(list) < 2 || len(list) > 3 {
+		t.Fatalf("%d scheduled snapshots with retention 2 (%v): %+v", len(list), err, list)
+	}
+	for _, m := range list {
+		if err := dir.Verify(m.Name); err != nil || m.Datastore != kind || !strings.HasPrefix(m.Name, "etcd-snapshot-") {
+			t.Fatalf("scheduled snapshot %+v: %v", m, err)
+		}
+	}
 }
 
 // testLifecycle drives one server started with args through writes, reads,

@@ -1,0 +1,67 @@
+// Package local reaches the embedded datastore member of the server whose data
+// directory it is given (etcd or Dqlite), as the CLI and the snapshot
+// scheduler do.
+package local
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/pki"
+)
+
+// Datastore is the embedded datastore member of the server whose data
+// directory is DataDir: etcd or Dqlite.
+type Datastore struct{ DataDir string }
+
+// TLSDir holds the server's certificates.
+func (l Datastore) TLSDir() pki.Dir { return pki.Dir(filepath.Join(l.DataDir, "server", "tls")) }
+
+// Connect reaches the local etcd member with the server's client certificate.
+func (l Datastore) Connect() (*clientv3.Client, error) {
+	ep := etcd.LocalEndpoint(l.TLSDir(), 0)
+	if _, err := os.Stat(ep.CertFile); err != nil {
+		return nil, fmt.Errorf("no etcd client certificate in %s: is this a server on embedded etcd or Dqlite, and is --data-dir right?", l.TLSDir())
+	}
+	return datastore.Client(ep)
+}
+
+// DqliteClient reaches the local Dqlite member, if the server runs on Dqlite.
+func (l Datastore) DqliteClient() (*dqlite.Client, bool, error) {
+	dbDir := filepath.Join(l.DataDir, "server", "db")
+	if !dqlite.HasState(dqlite.Dir(dbDir)) {
+		return nil, false, nil
+	}
+	c, err := dqlite.LocalClient(dbDir, l.TLSDir())
+	return c, true, err
+}
+
+// Members lists the cluster's members in etcd's terms, and the datastore kind.
+func (l Datastore) Members(ctx context.Context) (datastore.Kind, []etcd.Member, error) {
+	if dc, ok, err := l.DqliteClient(); ok {
+		if err != nil {
+			return datastore.Dqlite, nil, err
+		}
+		ms, err := dc.Members(ctx)
+		out := make([]etcd.Member, 0, len(ms))
+		for _, m := range ms {
+			out = append(out, etcd.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter,
+				Leader: m.Leader, Healthy: m.Healthy, RaftIndex: m.Applied, DBSize: m.DBSize, DBSizeUsed: m.DBSize - m.DBFree})
+		}
+		return datastore.Dqlite, out, err
+	}
+	cli, err := l.Connect()
+	if err != nil {
+		return datastore.Etcd, nil, err
+	}
+	defer cli.Close()
+	ms, err := etcd.Members(ctx, cli)
+	return datastore.Etcd, ms, err
+}
