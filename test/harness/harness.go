@@ -242,7 +242,7 @@ func (s *Server) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 	case <-time.After(timeout):
 		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		<-s.done
-		s.t.Errorf("%s did not exit within %s of %v", s.Name, timeout, sig)
+		s.t.Errorf("%s did not exit within %s of %v; the last lines of its log:\n%s", s.Name, timeout, sig, s.LogTail(40))
 	}
 	return s.ExitCode()
 }
