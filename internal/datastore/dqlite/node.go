@@ -306,6 +306,8 @@ func (n *Node) applyLocal(c *command, timeout time.Duration) (*result, error) {
 
 // apply runs a write: on the leader directly, else forwarded to it.
 func (n *Node) apply(ctx context.Context, c *command) (*result, error) {
+	ctx, cancel := n.requestContext(ctx)
+	defer cancel()
 	for {
 		var res *result
 		var err error
@@ -335,6 +337,21 @@ func (n *Node) apply(ctx context.Context, c *command) (*result, error) {
 
 // readIndex returns an index that covers every write acknowledged before the
 // call: the leader's commit index, checked to still be the leader's.
+// requestContext bounds how long a request waits for a leader, as etcd's
+// server-side request timeout does, and ends it when the member stops: a
+// request must not hold the apiserver's shutdown for its own deadline.
+func (n *Node) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second+2*n.cfg.ElectionTimeout)
+	go func() {
+		select {
+		case <-n.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return n.forwardReadIndex(ctx)
@@ -356,6 +373,8 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 // linearize waits until this member's state includes every write
 // acknowledged before the call.
 func (n *Node) linearize(ctx context.Context) error {
+	ctx, cancel := n.requestContext(ctx)
+	defer cancel()
 	for {
 		idx, err := n.readIndex(ctx)
 		if err == nil {
