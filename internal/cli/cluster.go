@@ -4,35 +4,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/grpclog"
 
 	"github.com/hakube/hakube/internal/datastore/local"
-	"github.com/hakube/hakube/internal/server"
 	"github.com/hakube/hakube/internal/status"
 )
 
 func newClusterCommand() *cobra.Command {
-	dataDir := server.NewConfig().DataDir
-	cmd := &cobra.Command{
-		Use:   "cluster",
-		Short: "The HA cluster's datastore, whichever kind (run on a server; credentials come from --data-dir)",
-		PersistentPreRun: func(*cobra.Command, []string) {
-			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
-		},
-	}
-	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
+	cmd, dataDir := onServerCommand("cluster", "The HA cluster's datastore, whichever kind (run on a server; credentials come from --data-dir)")
 	var output string
 	st := &cobra.Command{
 		Use:   "status",
 		Short: "Members (role, health, raft index and lag, database size and fragmentation) and how many servers the cluster can lose; exits 1 when unhealthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			kind, ms, err := local.Datastore{DataDir: dataDir}.Members(cmd.Context())
+			kind, ms, err := local.Datastore{DataDir: *dataDir}.Members(cmd.Context())
 			if err != nil {
 				return err
 			}

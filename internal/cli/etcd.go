@@ -16,18 +16,25 @@ import (
 	"github.com/hakube/hakube/internal/server"
 )
 
-func newEtcdCommand() *cobra.Command {
+// onServerCommand is a command run on a server, which finds the local
+// datastore member's credentials through --data-dir.
+func onServerCommand(use, short string) (*cobra.Command, *string) {
 	dataDir := server.NewConfig().DataDir
 	cmd := &cobra.Command{
-		Use:   "etcd",
-		Short: "Manage the embedded etcd or Dqlite cluster (run on a server; credentials come from --data-dir)",
+		Use:   use,
+		Short: short,
 		PersistentPreRun: func(*cobra.Command, []string) {
 			// gRPC's connection retries are noise here; failures come back as errors.
 			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 		},
 	}
 	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
-	localMember := func() local.Datastore { return local.Datastore{DataDir: dataDir} }
+	return cmd, &dataDir
+}
+
+func newEtcdCommand() *cobra.Command {
+	cmd, dataDir := onServerCommand("etcd", "Manage the embedded etcd or Dqlite cluster (run on a server; credentials come from --data-dir)")
+	localMember := func() local.Datastore { return local.Datastore{DataDir: *dataDir} }
 	members := func(cmd *cobra.Command) ([]etcd.Member, error) {
 		_, ms, err := localMember().Members(cmd.Context())
 		return ms, err

@@ -3,38 +3,26 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/grpclog"
 
 	"github.com/hakube/hakube/internal/datastore/local"
-	"github.com/hakube/hakube/internal/server"
 	"github.com/hakube/hakube/internal/snapshot"
 )
 
 func newSnapshotCommand() *cobra.Command {
-	dataDir := server.NewConfig().DataDir
+	cmd, dataDir := onServerCommand("etcd-snapshot", "Save, list, delete and prune snapshots of the embedded etcd or Dqlite datastore (run on a server)")
 	var dir string
-	cmd := &cobra.Command{
-		Use:   "etcd-snapshot",
-		Short: "Save, list, delete and prune snapshots of the embedded etcd or Dqlite datastore (run on a server)",
-		PersistentPreRun: func(*cobra.Command, []string) {
-			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
-		},
-	}
-	cmd.PersistentFlags().StringVarP(&dataDir, "data-dir", "d", dataDir, "the local server's data directory")
 	cmd.PersistentFlags().StringVar(&dir, "dir", "", "snapshot directory (default <data-dir>/server/db/snapshots)")
 	snapDir := func() snapshot.Dir {
 		if dir != "" {
 			return snapshot.Dir(dir)
 		}
-		return snapshot.Dir(filepath.Join(dataDir, "server", "db", "snapshots"))
+		return snapshot.Dir(filepath.Join(*dataDir, "server", "db", "snapshots"))
 	}
 
 	var name string
@@ -44,7 +32,7 @@ func newSnapshotCommand() *cobra.Command {
 		Short: "Take a snapshot of this server's datastore member (refused on a learner)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, err := snapshot.Take(cmd.Context(), local.Datastore{DataDir: dataDir}, snapDir(), name, compress)
+			m, err := snapshot.Take(cmd.Context(), local.Datastore{DataDir: *dataDir}, snapDir(), name, compress)
 			if err != nil {
 				return err
 			}

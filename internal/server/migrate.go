@@ -149,20 +149,33 @@ func (m *migration) run(ctx context.Context, to datastore.Datastore) error {
 // removeOthers removes every other member of the source's cluster, members
 // that are down first, so that each removal keeps a quorum of healthy voters.
 func (m *migration) removeOthers(ctx context.Context) error {
-	var list func(context.Context) (healthy, down []string, err error)
+	// list names every member, those that are down first.
+	type member struct {
+		name    string
+		healthy bool
+	}
+	downFirst := func(ms []member) []string {
+		var up, down []string
+		for _, mem := range ms {
+			if mem.healthy {
+				up = append(up, mem.name)
+			} else {
+				down = append(down, mem.name)
+			}
+		}
+		return append(down, up...)
+	}
+	var list func(context.Context) ([]string, error)
 	var remove func(context.Context, string) error
 	switch s := m.from.(type) {
 	case *dqlite.Datastore:
-		list = func(ctx context.Context) (healthy, down []string, err error) {
+		list = func(ctx context.Context) ([]string, error) {
 			ms, err := s.Node().Members(ctx)
+			var out []member
 			for _, mem := range ms {
-				if mem.Healthy {
-					healthy = append(healthy, mem.ID)
-				} else {
-					down = append(down, mem.ID)
-				}
+				out = append(out, member{mem.ID, mem.Healthy})
 			}
-			return healthy, down, err
+			return downFirst(out), err
 		}
 		remove = s.Node().RemoveMember
 	case *etcd.Etcd:
@@ -171,16 +184,13 @@ func (m *migration) removeOthers(ctx context.Context) error {
 			return err
 		}
 		defer cli.Close()
-		list = func(ctx context.Context) (healthy, down []string, err error) {
+		list = func(ctx context.Context) ([]string, error) {
 			ms, err := etcd.Members(ctx, cli)
+			var out []member
 			for _, mem := range ms {
-				if mem.Healthy {
-					healthy = append(healthy, mem.Name)
-				} else {
-					down = append(down, mem.Name)
-				}
+				out = append(out, member{mem.Name, mem.Healthy})
 			}
-			return healthy, down, err
+			return downFirst(out), err
 		}
 		remove = func(ctx context.Context, name string) error { _, err := etcd.RemoveMember(ctx, cli, name); return err }
 	default:
@@ -188,9 +198,9 @@ func (m *migration) removeOthers(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		healthy, down, err := list(ctx)
+		all, err := list(ctx)
 		if err == nil {
-			others := slices.DeleteFunc(append(down, healthy...), func(n string) bool { return n == m.self })
+			others := slices.DeleteFunc(all, func(n string) bool { return n == m.self })
 			if len(others) == 0 {
 				return nil
 			}
