@@ -68,6 +68,10 @@ order; without one a random token is generated and stored in
 	f.StringVar(&cfg.Datastore, "datastore", "", "embedded datastore: etcd (default with --cluster-init), dqlite (SQLite replicated with Raft, with --cluster-init) "+
 		"or sqlite (default of a single server); a server whose data is in another kind moves it there (docs/migrate.md)")
 	f.StringVarP(&cfg.Server, "server", "s", "", "join the cluster of the server at this URL (https://<server>:6443), on embedded etcd")
+	f.BoolVar(&cfg.ClusterReset, "cluster-reset", false, "after a quorum loss: make this server the only member of its cluster, keeping its data "+
+		"(the other servers then rejoin with --server); refused a second time until the server has started without it")
+	f.StringVar(&cfg.ClusterResetRestorePath, "cluster-reset-restore-path", "", "with --cluster-reset: restore this snapshot (a file, or a snapshot's name in "+
+		"--etcd-snapshot-dir) instead of keeping this server's data; on a new machine, with the cluster's token")
 	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret used to join servers and agents (env HAKUBE_TOKEN or K3S_TOKEN)")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "external datastore: postgres://, mysql://, sqlite:// or https://etcd:2379[,...] (default: embedded SQLite)")
@@ -82,6 +86,7 @@ order; without one a random token is generated and stored in
 	f.StringVar(&cfg.SnapshotSchedule, "etcd-snapshot-schedule-cron", cfg.SnapshotSchedule, "when to snapshot the embedded etcd or Dqlite datastore (cron, or @every 6h)")
 	f.IntVar(&cfg.SnapshotRetention, "etcd-snapshot-retention", cfg.SnapshotRetention, "how many scheduled snapshots to keep")
 	f.StringVar(&cfg.SnapshotDir, "etcd-snapshot-dir", "", "directory of snapshots (default <data-dir>/server/db/snapshots)")
+	f.StringArrayVar(&cfg.EtcdArgs, "etcd-arg", nil, "embedded etcd setting as key=value, named as in etcd's configuration file (repeatable)")
 	f.BoolVar(&cfg.DisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")
 	return cmd
 }

@@ -13,11 +13,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
 )
@@ -43,6 +45,13 @@ type Config struct {
 	Datastore   string
 	// Server is the URL of a server of the cluster to join.
 	Server string
+	// ClusterReset makes this server the only member of its cluster after a
+	// quorum loss, with its data or, given ClusterResetRestorePath (a file,
+	// or a snapshot's name), a snapshot's.
+	ClusterReset            bool
+	ClusterResetRestorePath string
+	// EtcdArgs are embedded etcd settings as key=value.
+	EtcdArgs []string
 
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
 	Token     string
@@ -169,6 +178,25 @@ func (c Config) Validate() error {
 			add("--server needs the cluster's token: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN (it is in <data-dir>/server/token on the first server)")
 		}
 	}
+	if c.ClusterResetRestorePath != "" && !c.ClusterReset {
+		add("--cluster-reset-restore-path goes with --cluster-reset")
+	}
+	if c.ClusterReset {
+		switch {
+		case c.Server != "":
+			add("--cluster-reset makes this server the only member of its cluster; it does not go with --server (the other servers use --server to join it afterwards)")
+		case c.DatastoreEndpoint != "":
+			add("--cluster-reset is for the embedded etcd or Dqlite datastore; an external --datastore-endpoint is restored with its own tools")
+		case c.Datastore != "":
+			add("--cluster-reset keeps the datastore's kind; move it with --datastore afterwards, once the cluster runs")
+		}
+		if c.ClusterResetRestorePath != "" && c.Token == "" && c.TokenFile == "" && !fsutil.Exists(TokenPath(c.DataDir)) {
+			add("--cluster-reset-restore-path needs the token of the cluster the snapshot was taken of: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN")
+		}
+	}
+	if err := etcd.ValidateArgs(c.EtcdArgs); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Token != "" && c.TokenFile != "" {
 		add("--token and --token-file both given; use one")
 	}
@@ -210,6 +238,11 @@ func (c Config) validateDatastore() error {
 	default:
 		return kine.ValidateURL(ep)
 	}
+}
+
+// etcdMember configures this server's embedded etcd member.
+func (c Config) etcdMember(tlsDir pki.Dir, nodeName string, nodeIP net.IP) etcd.Config {
+	return etcd.Config{DBDir: filepath.Join(c.serverDir(), "db"), NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Args: c.EtcdArgs}
 }
 
 func (c Config) etcdConfig() external.Config {

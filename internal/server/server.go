@@ -69,7 +69,13 @@ func Run(ctx context.Context, cfg Config) error {
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
 	dbDir := filepath.Join(serverDir, "db")
-	ds, mig, err := newDatastore(cfg, tlsDir, nodeName, nodeIP)
+	var reset *clusterReset
+	if cfg.ClusterReset {
+		if reset, err = planReset(cfg, tok, tlsDir, cfg.etcdMember(tlsDir, nodeName, nodeIP)); err != nil {
+			return err
+		}
+	}
+	ds, mig, err := newDatastore(cfg, tlsDir, nodeName, nodeIP, reset)
 	if err != nil {
 		return err
 	}
@@ -214,6 +220,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, TokenPath(cfg.DataDir))
 	readyAt.Store(time.Now().UnixNano())
+	if reset != nil {
+		if err := reset.done(advertiseIP, cfg.HTTPSPort); err != nil {
+			return err
+		}
+	} else if err := os.Remove(resetMarker(dbDir)); err == nil {
+		klog.Infof("started without --cluster-reset: a later reset is allowed again")
+	}
 
 	var member *etcd.Etcd
 	var datastoreStopped, dqliteRemoved <-chan struct{}
@@ -250,11 +263,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 // newDatastore picks the datastore, and the migration that must fill it first
 // when this server's data is in a datastore of another kind.
-func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (datastore.Datastore, *migration, error) {
+func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP, reset *clusterReset) (datastore.Datastore, *migration, error) {
 	serverDir := cfg.serverDir()
 	dbDir := filepath.Join(serverDir, "db")
 	dqliteCfg := dqlite.ComponentConfig{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Bootstrap: cfg.ClusterInit}
-	etcdCfg := etcd.Config{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir}
+	etcdCfg := cfg.etcdMember(tlsDir, nodeName, nodeIP)
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
 		return external.New(cfg.etcdConfig()), nil, nil
@@ -262,6 +275,16 @@ func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP) (d
 		return kine.New(kine.Config{DataDir: serverDir, Endpoint: ep}), nil, nil
 	case cfg.Server != "":
 		return &joiningDatastore{nodeIP: nodeIP, dqliteCfg: dqliteCfg, etcd: etcd.New(etcdCfg)}, nil, nil
+	case reset != nil:
+		// A restored member is alone already; one keeping its data is made so.
+		etcdCfg.ForceNewCluster, dqliteCfg.Reset = reset.from == "", reset.from == ""
+		if reset.dqlite != nil {
+			dqliteCfg.RestoreFrom = reset.dqlite.Path()
+		}
+		if reset.kind == datastore.Dqlite {
+			return dqlite.New(dqliteCfg), nil, nil
+		}
+		return etcd.New(etcdCfg), nil, nil
 	}
 	target, source, err := planDatastore(cfg, localKinds(serverDir, dbDir))
 	if err != nil {

@@ -37,6 +37,10 @@ type ComponentConfig struct {
 	// Both are ignored when the member has state (a restart).
 	Bootstrap bool
 	Join      string
+	// RestoreFrom (a staged snapshot) starts a new cluster from it; Reset
+	// makes a member with state the only member of its cluster.
+	RestoreFrom string
+	Reset       bool
 }
 
 // Dir is where a member's state lives.
@@ -94,11 +98,15 @@ func (d *Datastore) Start(ctx context.Context) error {
 	nc := NewConfig()
 	nc.Dir, nc.ID, nc.Listen, nc.Advertise = Dir(d.cfg.DBDir), d.cfg.NodeName, addr, addr
 	nc.CAFile, nc.CertFile, nc.KeyFile = t.Cert(pki.EtcdPeerCA), t.Cert(PeerCert), t.Key(PeerCert)
-	if !HasState(nc.Dir) {
+	switch {
+	case HasState(nc.Dir):
+		nc.Recover = d.cfg.Reset
+	case d.cfg.RestoreFrom != "":
+		nc.RestoreFrom = d.cfg.RestoreFrom
+	case d.cfg.Bootstrap || d.cfg.Join != "":
 		nc.Bootstrap, nc.Join = d.cfg.Bootstrap, d.cfg.Join
-		if !nc.Bootstrap && nc.Join == "" {
-			return errors.New("dqlite: no state, and neither a new cluster nor one to join")
-		}
+	default:
+		return errors.New("dqlite: no state, and neither a new cluster nor one to join")
 	}
 	if d.node, err = Start(ctx, nc); err != nil {
 		return err

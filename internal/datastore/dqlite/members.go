@@ -48,8 +48,10 @@ func (n *Node) status() status {
 }
 
 // Members lists the configuration with each member's health, as seen by
-// asking every member for its status.
+// asking every member for its status. The configuration is the one committed
+// when a leader answers, so a member just promoted is not shown a learner.
 func (n *Node) Members(ctx context.Context) ([]Member, error) {
+	n.catchUp(ctx)
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, err

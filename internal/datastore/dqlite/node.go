@@ -44,6 +44,12 @@ type Config struct {
 	// Join is a member's peer address to ask for membership when the member
 	// has no state yet.
 	Join string
+	// RestoreFrom is a staged snapshot (Stage) that starts a new cluster with
+	// this member alone, instead of an empty one.
+	RestoreFrom string
+	// Recover makes a member with state the only member of its cluster,
+	// keeping its data (recovery from a lost quorum).
+	Recover bool
 	// Timing; zero values take the defaults.
 	HeartbeatTimeout, ElectionTimeout time.Duration
 	// SnapshotThreshold is how many log entries trigger a snapshot, checked
@@ -66,8 +72,8 @@ func (c Config) Validate() error {
 		return errors.New("dqlite: listen and advertise addresses are required")
 	case c.CAFile == "" || c.CertFile == "" || c.KeyFile == "":
 		return errors.New("dqlite: peer TLS files are required")
-	case c.Bootstrap && c.Join != "":
-		return errors.New("dqlite: a member either starts a cluster or joins one")
+	case c.Bootstrap && c.Join != "", c.RestoreFrom != "" && (c.Bootstrap || c.Join != ""):
+		return errors.New("dqlite: a member either starts a cluster, restores one or joins one")
 	}
 	if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
 		return fmt.Errorf("dqlite: advertise address %q: %w", c.Advertise, err)
@@ -161,6 +167,18 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.SnapshotThreshold
+	switch {
+	case fresh && cfg.RestoreFrom != "":
+		if err := seed(cfg, cfg.RestoreFrom, snaps, n.logs, n.trans); err != nil {
+			return nil, fmt.Errorf("dqlite: restoring: %w", err)
+		}
+	case !fresh && cfg.Recover:
+		self := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(cfg.Advertise)}}}
+		if err := raft.RecoverCluster(rc, n.fsm, n.logs, n.logs, snaps, n.trans, self); err != nil {
+			return nil, fmt.Errorf("dqlite: making this member the only one: %w", err)
+		}
+		klog.Infof("dqlite: member %s is now the only member of its cluster, with its data", cfg.ID)
+	}
 	notify := make(chan bool, 16)
 	rc.NotifyCh = notify
 	if n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
@@ -389,6 +407,15 @@ func (n *Node) linearize(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// catchUp lets a member's local view (membership, a snapshot) include what the
+// cluster committed before the call, when a leader answers within a few
+// seconds; without one the local view is all there is, so it is used as is.
+func (n *Node) catchUp(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_ = n.linearize(ctx)
 }
 
 // errNoLeaderYet is a transient state worth a retry: an election or a new

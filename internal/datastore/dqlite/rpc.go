@@ -84,6 +84,7 @@ func (n *Node) handler() http.Handler {
 		writeJSON(w, n.status())
 	})
 	mux.HandleFunc("GET /snapshot", func(w http.ResponseWriter, r *http.Request) {
+		n.catchUp(r.Context())
 		if !n.Voter() {
 			http.Error(w, "this member is not a voter yet (it is still catching up): take the snapshot on a voter", http.StatusConflict)
 			return

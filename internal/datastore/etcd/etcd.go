@@ -50,6 +50,12 @@ type Config struct {
 	JoinEndpoints []string
 	// HeartbeatMs and ElectionMs tune raft; defaults 300 and 3000.
 	HeartbeatMs, ElectionMs uint
+	// ForceNewCluster makes a restarting member the only member of its
+	// cluster, keeping its data (recovery from a lost quorum).
+	ForceNewCluster bool
+	// Args are etcd settings as key=value, named as in etcd's configuration
+	// file (quota-backend-bytes=4294967296); they override hakube's.
+	Args []string
 }
 
 func (c *Config) setDefaults() {
@@ -187,11 +193,18 @@ func (e *Etcd) Start(ctx context.Context) error {
 	cfg.AutoCompactionMode, cfg.AutoCompactionRetention = embed.CompactorModePeriodic, "5m"
 	cfg.QuotaBackendBytes = 8 << 30
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(e.logger())
+	if err := applyArgs(cfg, e.cfg.Args); err != nil {
+		return err
+	}
 
 	switch {
 	case HasData(e.cfg.DBDir):
 		e.name = MemberName(e.cfg.DBDir)
 		klog.Infof("etcd: restarting member %s from %s", e.name, dir)
+		if e.cfg.ForceNewCluster {
+			klog.Infof("etcd: making member %s the only member of its cluster, keeping its data", e.name)
+			cfg.ForceNewCluster = true
+		}
 	case len(e.cfg.JoinEndpoints) == 0:
 		e.name = e.newName()
 		cfg.ClusterState = embed.ClusterStateFlagNew

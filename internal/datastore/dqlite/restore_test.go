@@ -1,0 +1,95 @@
+package dqlite
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestRecoverAfterQuorumLossAndRestore: two of three members are lost; the
+// survivor, started with Recover, is a one-member cluster with every key and
+// takes writes; a snapshot of it seeds a new cluster elsewhere.
+func TestRecoverAfterQuorumLossAndRestore(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(3, nil)
+	ctx := ctxT(t)
+	for i := range 50 {
+		if _, err := c.nodes[i%3].Backend().Create(ctx, fmt.Sprintf("/r/%02d", i), []byte(fmt.Sprint(i)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range c.nodes {
+		c.nodes[i].Stop()
+		c.nodes[i] = nil
+	}
+	// Without Recover the survivor alone has no quorum and cannot write.
+	survivor := c.cfgs[0]
+	c.nodes[0] = c.start(survivor)
+	if _, err := c.nodes[0].Backend().Create(ctxShort(t), "/r/lost-quorum", []byte("x"), 0); err == nil {
+		t.Fatal("a member without quorum acknowledged a write")
+	}
+	c.nodes[0].Stop()
+
+	survivor.Recover = true
+	c.nodes[0] = c.start(survivor)
+	c.waitVoters(1)
+	b := c.nodes[0].Backend()
+	if _, err := b.Create(ctx, "/r/after-reset", []byte("y"), 0); err != nil {
+		t.Fatalf("write after the reset: %v", err)
+	}
+	if _, n, err := b.Count(ctx, "/r/", "/r0", 0); err != nil || n != 51 {
+		t.Fatalf("after the reset: %d keys (%v), want 51", n, err)
+	}
+
+	// Restore: the snapshot RPC's file seeds a new one-member cluster.
+	resp, err := c.nodes[0].http.Get("https://" + survivor.Advertise + "/snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("snapshot: %s", resp.Status)
+	}
+	file := filepath.Join(t.TempDir(), "snap.db")
+	f, _ := os.Create(file)
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	cfg := c.config(5, c.ca)
+	staged, err := Stage(filepath.Dir(cfg.Dir), file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := staged.Get("/r/07"); err != nil || !ok || string(v) != "7" {
+		t.Fatalf("staged snapshot: /r/07 = %q, %v, %v", v, ok, err)
+	}
+	cfg.RestoreFrom = staged.Path()
+	c.cfgs = append(c.cfgs, cfg)
+	c.nodes = append(c.nodes, c.start(cfg))
+	rb := c.nodes[len(c.nodes)-1].Backend()
+	if _, n, err := rb.Count(ctx, "/r/", "/r0", 0); err != nil || n != 51 {
+		t.Fatalf("restored member: %d keys (%v), want 51", n, err)
+	}
+	if _, err := rb.Create(ctx, "/r/after-restore", []byte("z"), 0); err != nil {
+		t.Fatalf("write after the restore: %v", err)
+	}
+
+	// A file that is not SQLite is refused before anything is written.
+	junk := filepath.Join(t.TempDir(), "junk.db")
+	_ = os.WriteFile(junk, []byte("not a database at all, but long enough to be read"), 0o600)
+	if _, err := Stage(filepath.Join(t.TempDir(), "db"), junk); err == nil {
+		t.Fatal("a junk file was staged")
+	}
+}
+
+func ctxShort(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
