@@ -4,17 +4,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hakube/hakube/internal/datastore/local"
+	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/status"
 )
 
 func newClusterCommand() *cobra.Command {
 	cmd, dataDir := onServerCommand("cluster", "The HA cluster's datastore, whichever kind (run on a server; credentials come from --data-dir)")
-	var output string
+	var output, snapDir string
 	st := &cobra.Command{
 		Use:   "status",
 		Short: "Members (role, health, raft index and lag, database size and fragmentation) and how many servers the cluster can lose; exits 1 when unhealthy",
@@ -38,6 +41,13 @@ func newClusterCommand() *cobra.Command {
 					DBSize: m.DBSize, DBFree: max(m.DBSize-m.DBSizeUsed, 0), Error: m.Error})
 			}
 			s := status.New(string(kind), members, leader)
+			if snapDir == "" {
+				snapDir = filepath.Join(*dataDir, "server", "db", "snapshots")
+			}
+			if all, err := snapshot.Dir(snapDir).List(); err == nil && len(all) > 0 {
+				m := all[len(all)-1]
+				s.LastSnapshot = &status.Snapshot{Name: m.Name, Created: m.Created, Node: m.Node}
+			}
 			out := cmd.OutOrStdout()
 			if output == "json" {
 				enc := json.NewEncoder(out)
@@ -46,7 +56,11 @@ func newClusterCommand() *cobra.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(out, "datastore: %s\nstatus:    %s\n\n", s.Datastore, s.Summary)
+				last := "none in " + snapDir
+				if m := s.LastSnapshot; m != nil {
+					last = fmt.Sprintf("%s (%s, %s ago)", m.Name, m.Created.Format(time.RFC3339), time.Since(m.Created).Round(time.Second))
+				}
+				fmt.Fprintf(out, "datastore:     %s\nstatus:        %s\nlast snapshot: %s\n\n", s.Datastore, s.Summary, last)
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "NAME\tROLE\tHEALTHY\tRAFT INDEX\tLAG\tDB SIZE\tFRAGMENTED")
 				for _, m := range s.Members {
@@ -63,6 +77,7 @@ func newClusterCommand() *cobra.Command {
 		},
 	}
 	st.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	st.Flags().StringVar(&snapDir, "snapshot-dir", "", "where this server's snapshots are, for the last one (default <data-dir>/server/db/snapshots)")
 	cmd.AddCommand(st)
 	return cmd
 }

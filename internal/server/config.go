@@ -52,6 +52,9 @@ type Config struct {
 	ClusterResetRestorePath string
 	// EtcdArgs are embedded etcd settings as key=value.
 	EtcdArgs []string
+	// ExposeMetrics serves the datastore's and supervisor's metrics on the
+	// node IP as well as on loopback.
+	ExposeMetrics bool
 
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
 	Token     string

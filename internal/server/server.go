@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/bootstrap"
@@ -24,6 +25,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/kubeconfig"
+	"github.com/hakube/hakube/internal/metrics"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/supervisor"
@@ -174,8 +176,22 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, sup, api, kcm, sched)
-	if k := ds.Kind(); (k == datastore.Etcd || k == datastore.Dqlite) && !cfg.DisableSnapshots {
-		components = append(components, snapshot.NewScheduler(cfg.snapshotConfig()))
+	if k := ds.Kind(); k == datastore.Etcd || k == datastore.Dqlite {
+		hosts := []string{"127.0.0.1"}
+		if cfg.ExposeMetrics {
+			hosts = append(hosts, nodeIP.String())
+		}
+		components = append(components, metrics.New(metrics.Config{Hosts: hosts, Port: metrics.DefaultPort,
+			Collectors: func() []prometheus.Collector {
+				cs := sup.Collectors()
+				if d, ok := embedded(ds).(*dqlite.Datastore); ok {
+					cs = append(cs, d.Collector())
+				}
+				return cs
+			}}))
+		if !cfg.DisableSnapshots {
+			components = append(components, snapshot.NewScheduler(cfg.snapshotConfig()))
+		}
 	}
 	mgr := component.NewManager(components...)
 	if err := mgr.Start(ctx); err != nil {
@@ -195,7 +211,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if stopping.Load() {
 			select {}
 		}
-		if ready := readyAt.Load(); ready == 0 || time.Since(time.Unix(0, ready)) < restartAfter {
+		// A failure early on exits, unless the datastore ran out of space
+		// meanwhile: the restarted server recovers from that before it
+		// starts the components again.
+		if ready := readyAt.Load(); ready == 0 || (time.Since(time.Unix(0, ready)) < restartAfter && !outOfSpace(ds)) {
 			os.Exit(code)
 		}
 		select {
@@ -259,6 +278,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return errors.New("the embedded etcd member stopped; see the log above")
 		}
 	}
+}
+
+// outOfSpace reports whether an embedded etcd is, or just was, out of space.
+func outOfSpace(ds datastore.Datastore) bool {
+	e, ok := embedded(ds).(*etcd.Etcd)
+	return ok && e.NoSpace()
 }
 
 // newDatastore picks the datastore, and the migration that must fill it first

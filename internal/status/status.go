@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Member is one member as the status shows it.
@@ -37,6 +38,15 @@ type Status struct {
 	CanLose int    `json:"canLose"`
 	Healthy bool   `json:"healthy"`
 	Summary string `json:"summary"`
+	// LastSnapshot is the newest snapshot in this server's snapshot directory.
+	LastSnapshot *Snapshot `json:"lastSnapshot,omitempty"`
+}
+
+// Snapshot names a snapshot and when and where it was taken.
+type Snapshot struct {
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	Node    string    `json:"node"`
 }
 
 // New computes the status of members (Role voter or learner; the leader

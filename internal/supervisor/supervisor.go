@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/netutil"
@@ -44,17 +46,66 @@ type Supervisor struct {
 	mux      *http.ServeMux
 	listener net.Listener
 	server   *http.Server
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
 }
 
 // New returns a supervisor; add handlers with Handle before Start.
 func New(cfg Config) *Supervisor {
-	s := &Supervisor{cfg: cfg, mux: http.NewServeMux()}
+	s := &Supervisor{cfg: cfg, mux: http.NewServeMux(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hakube_supervisor_requests_total",
+			Help: "Requests to the supervisor port by endpoint (\"/\" is the apiserver proxy) and status code."}, []string{"endpoint", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hakube_supervisor_request_duration_seconds",
+			Help: "Time to answer the supervisor's own endpoints (the proxy excluded: watches last for minutes).", Buckets: prometheus.DefBuckets}, []string{"endpoint"}),
+	}
 	s.mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("pong"))
 	})
 	return s
 }
+
+// Collectors are the supervisor's metrics.
+func (s *Supervisor) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.requests, s.duration}
+}
+
+// instrument counts each request under the pattern that serves it.
+func (s *Supervisor) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pattern := s.mux.Handler(r)
+		if pattern == "" {
+			pattern = "none"
+		}
+		began := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		s.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc()
+		if pattern != "/" {
+			s.duration.WithLabelValues(pattern).Observe(time.Since(began).Seconds())
+		}
+	})
+}
+
+// statusRecorder remembers the status code; Flush and Unwrap keep streaming
+// (watches) and HTTP/2 working through the wrapper.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // Handle registers a handler for one of the cluster's own endpoints.
 func (s *Supervisor) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
@@ -88,7 +139,7 @@ func (s *Supervisor) Start(context.Context) error {
 	}
 	s.mux.Handle("/", proxy)
 	s.server = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.instrument(s.mux),
 		ReadHeaderTimeout: 30 * time.Second,
 		TLSConfig: &tls.Config{
 			Certificates: []tls.Certificate{cert},

@@ -161,8 +161,12 @@ func checkStatus(t *testing.T, c *cluster, s *harness.Server, kind string, down 
 		!strings.HasPrefix(st.Summary, summary) || st.Healthy != (down == nil) {
 		t.Fatalf("cluster status -o json on %s: exit %d\n%s", s.Name, code, out)
 	}
+	snaps, _ := snapshot.Dir(filepath.Join(s.DataDir, "server", "db", "snapshots")).List()
+	if last := st.LastSnapshot; (last == nil) != (len(snaps) == 0) || (last != nil && last.Name != snaps[len(snaps)-1].Name) {
+		t.Fatalf("cluster status on %s: last snapshot %+v, the directory holds %d\n%s", s.Name, last, len(snaps), out)
+	}
 	table, code := s.Hakube("cluster", "status")
-	if (code == 0) != (wantCode == 0) || !strings.Contains(table, "status:    "+summary) || !regexp.MustCompile(`NAME +ROLE +HEALTHY +RAFT INDEX +LAG +DB SIZE +FRAGMENTED`).MatchString(table) {
+	if (code == 0) != (wantCode == 0) || !strings.Contains(table, "status:        "+summary) || !strings.Contains(table, "last snapshot: ") || !regexp.MustCompile(`NAME +ROLE +HEALTHY +RAFT INDEX +LAG +DB SIZE +FRAGMENTED`).MatchString(table) {
 		t.Fatalf("cluster status on %s: exit %d\n%s", s.Name, code, table)
 	}
 	t.Logf("hakube cluster status on %s:\n%s", s.Name, table)

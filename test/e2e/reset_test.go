@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,7 +21,9 @@ import (
 // a snapshot on a fresh machine with only the file and the token.
 func TestClusterResetEtcd(t *testing.T) { testClusterReset(t, "etcd") }
 
-func TestClusterResetDqlite(t *testing.T) { testClusterReset(t, "dqlite", "--datastore=dqlite") }
+func TestClusterResetDqlite(t *testing.T) {
+	testClusterReset(t, "dqlite", "--datastore=dqlite", "--etcd-expose-metrics")
+}
 
 // restoreObjects is how many objects the snapshot holds: E2E_RESTORE_OBJECTS,
 // or a few hundred so that CI stays short.
@@ -40,6 +45,9 @@ func testClusterReset(t *testing.T, kind string, initArgs ...string) {
 	defer fig.write(t, "e2e-reset-"+kind+"-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 	formInParallel(t, c, fig, kind+"_reset_", nil, initArgs...)
+	if slices.Contains(initArgs, "--etcd-expose-metrics") {
+		checkExposedMetrics(t, c)
+	}
 
 	n := restoreObjects(t)
 	began := time.Now()
@@ -101,9 +109,32 @@ func testClusterReset(t *testing.T, kind string, initArgs ...string) {
 		}
 	}
 	c.CheckSameConfigMaps(t, "default")
-	checkStatus(t, c, s2, kind, nil)
+	checkStatus(t, c, s1, kind, nil) // s1 holds the snapshot: the status names it
 
 	restoreOnFreshMachine(t, nw.Hosts[3], snap, kind, n, fig)
+}
+
+// checkExposedMetrics scrapes server 1's metrics from another host (it was
+// started with --etcd-expose-metrics) and finds server 2's not exposed.
+func checkExposedMetrics(t *testing.T, c *cluster) {
+	t.Helper()
+	from := c.Net.Hosts[2]
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: from.DialContext}}
+	resp, err := hc.Get("http://" + c.Net.Hosts[0].IP + ":2381/metrics")
+	if err != nil {
+		t.Fatalf("scraping server 1's exposed metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"hakube_dqlite_has_leader 1", `hakube_dqlite_members{suffrage="voter"} 3`, `hakube_dqlite_raft_index{kind="applied_index"}`,
+		"hakube_dqlite_db_size_bytes", `hakube_supervisor_requests_total{code="200",endpoint="GET /cacerts"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("server 1's metrics lack %q", want)
+		}
+	}
+	if _, err := hc.Get("http://" + c.Net.Hosts[1].IP + ":2381/metrics"); err == nil {
+		t.Error("server 2's metrics are reachable on its node IP without --etcd-expose-metrics")
+	}
 }
 
 // saveSnapshot saves a compressed snapshot on s and returns its file.

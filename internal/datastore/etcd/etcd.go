@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -111,9 +112,13 @@ type Etcd struct {
 	etcd    *embed.Etcd
 	removed chan struct{}
 	// joined is set when this start added the member as a learner.
-	joined       bool
-	stopPromoter context.CancelFunc
-	promoterDone sync.WaitGroup
+	joined bool
+	// quota is the database size at which etcd raises NOSPACE; noSpaceAt
+	// is when the alarm was last seen (Unix ns).
+	quota          int64
+	noSpaceAt      atomic.Int64
+	stopBackground context.CancelFunc
+	backgroundDone sync.WaitGroup
 }
 
 // New returns an embedded etcd member.
@@ -196,6 +201,7 @@ func (e *Etcd) Start(ctx context.Context) error {
 	if err := applyArgs(cfg, e.cfg.Args); err != nil {
 		return err
 	}
+	e.quota = cfg.QuotaBackendBytes
 
 	switch {
 	case HasData(e.cfg.DBDir):
@@ -369,12 +375,22 @@ wait:
 		}
 	}
 	e.warnEven(ctx, cli)
+	// Out of space, the control plane cannot start (its components write):
+	// recover first, or say why not.
+	if raised, still := e.handleNoSpace(ctx, cli); raised && still {
+		return fmt.Errorf("etcd is out of space (NOSPACE alarm) and compaction and defragmentation did not free enough: "+
+			"start the servers with a larger --etcd-arg quota-backend-bytes=<bytes> (now %d)", e.quota)
+	}
 	pctx, cancel := context.WithCancel(context.Background())
-	e.stopPromoter = cancel
-	e.promoterDone.Add(1)
+	e.stopBackground = cancel
+	e.backgroundDone.Add(2)
 	go func() {
-		defer e.promoterDone.Done()
+		defer e.backgroundDone.Done()
 		e.promoteLearners(pctx)
+	}()
+	go func() {
+		defer e.backgroundDone.Done()
+		e.hygiene(pctx)
 	}()
 	return nil
 }
@@ -490,10 +506,10 @@ var ErrRemoved = errors.New("this server was removed from the etcd cluster. To r
 
 // Stop closes the member.
 func (e *Etcd) Stop() error {
-	if e.stopPromoter != nil {
-		e.stopPromoter()
-		e.promoterDone.Wait()
-		e.stopPromoter = nil
+	if e.stopBackground != nil {
+		e.stopBackground()
+		e.backgroundDone.Wait()
+		e.stopBackground = nil
 	}
 	if e.etcd != nil {
 		e.etcd.Close()
