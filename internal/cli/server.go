@@ -88,6 +88,7 @@ order; without one a random token is generated and stored in
 	f.StringVar(&cfg.SnapshotDir, "etcd-snapshot-dir", "", "directory of snapshots (default <data-dir>/server/db/snapshots)")
 	f.StringArrayVar(&cfg.EtcdArgs, "etcd-arg", nil, "embedded etcd setting as key=value, named as in etcd's configuration file (repeatable)")
 	f.BoolVar(&cfg.ExposeMetrics, "etcd-expose-metrics", false, "serve the datastore's and supervisor's Prometheus metrics on <node-ip>:2381 too (always on 127.0.0.1:2381 with embedded etcd or Dqlite)")
+	addS3Flags(f, &cfg.S3)
 	f.BoolVar(&cfg.DisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")
 	return cmd
 }

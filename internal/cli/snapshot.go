@@ -18,6 +18,15 @@ func newSnapshotCommand() *cobra.Command {
 	cmd, dataDir := onServerCommand("etcd-snapshot", "Save, list, delete and prune snapshots of the embedded etcd or Dqlite datastore (run on a server)")
 	var dir string
 	cmd.PersistentFlags().StringVar(&dir, "dir", "", "snapshot directory (default <data-dir>/server/db/snapshots)")
+	s3 := snapshot.NewS3Config()
+	addS3Flags(cmd.PersistentFlags(), &s3)
+	// store is the S3 store when --etcd-s3 is given, else nil.
+	store := func(cmd *cobra.Command) (*snapshot.S3, error) {
+		if !s3.Enabled {
+			return nil, nil
+		}
+		return snapshot.NewS3(cmd.Context(), s3)
+	}
 	snapDir := func() snapshot.Dir {
 		if dir != "" {
 			return snapshot.Dir(dir)
@@ -32,11 +41,21 @@ func newSnapshotCommand() *cobra.Command {
 		Short: "Take a snapshot of this server's datastore member (refused on a learner)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := store(cmd)
+			if err != nil {
+				return err
+			}
 			m, err := snapshot.Take(cmd.Context(), local.Datastore{DataDir: *dataDir}, snapDir(), name, compress)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "saved snapshot %s (%s, %s, sha256 %s)\n", m.Name, m.Location, bytes(m.Size), m.SHA256)
+			if st != nil {
+				if m, err = st.Upload(cmd.Context(), snapDir(), m); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "copied snapshot %s to %s\n", m.Name, m.Location)
+			}
 			return nil
 		},
 	}
@@ -53,6 +72,17 @@ func newSnapshotCommand() *cobra.Command {
 			all, err := snapDir().List()
 			if err != nil {
 				return err
+			}
+			st, err := store(cmd)
+			if err != nil {
+				return err
+			}
+			if st != nil {
+				remote, err := st.List(cmd.Context())
+				if err != nil {
+					return err
+				}
+				all = append(all, remote...)
 			}
 			if output == "json" {
 				if all == nil {
@@ -74,10 +104,19 @@ func newSnapshotCommand() *cobra.Command {
 
 	del := &cobra.Command{
 		Use:   "delete NAME...",
-		Short: "Delete snapshots",
+		Short: "Delete snapshots (with --etcd-s3, from the S3 store)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := snapDir().Delete(args...); err != nil {
+			st, err := store(cmd)
+			if err != nil {
+				return err
+			}
+			if st != nil {
+				err = st.Delete(cmd.Context(), args...)
+			} else {
+				err = snapDir().Delete(args...)
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", strings.Join(args, ", "))
@@ -86,12 +125,22 @@ func newSnapshotCommand() *cobra.Command {
 	}
 
 	var keep int
+	var prefix string
 	prune := &cobra.Command{
 		Use:   "prune",
-		Short: "Delete all but the newest --snapshot-retention snapshots",
+		Short: "Delete all but the newest --snapshot-retention snapshots [named --name...] (with --etcd-s3, in the S3 store)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			gone, err := snapDir().Prune(keep)
+			st, err := store(cmd)
+			if err != nil {
+				return err
+			}
+			var gone []string
+			if st != nil {
+				gone, err = st.Prune(cmd.Context(), prefix, keep)
+			} else {
+				gone, err = snapDir().Prune(prefix, keep)
+			}
 			if err != nil {
 				return err
 			}
@@ -100,6 +149,7 @@ func newSnapshotCommand() *cobra.Command {
 		},
 	}
 	prune.Flags().IntVar(&keep, "snapshot-retention", 5, "how many snapshots to keep")
+	prune.Flags().StringVar(&prefix, "name", "", "prune only snapshots whose names start with this (default: all)")
 	cmd.AddCommand(save, list, del, prune)
 	return cmd
 }

@@ -78,6 +78,9 @@ type Config struct {
 	SnapshotRetention int
 	SnapshotDir       string
 	DisableSnapshots  bool
+	// S3 receives copies of scheduled snapshots, and is where a restore
+	// looks for a snapshot name it does not find locally.
+	S3 snapshot.S3Config
 }
 
 // NewConfig returns a Config holding the defaults.
@@ -94,6 +97,7 @@ func NewConfig() Config {
 		WriteKubeconfigMode: "0600",
 		SnapshotSchedule:    "0 */12 * * *",
 		SnapshotRetention:   5,
+		S3:                  snapshot.NewS3Config(),
 	}
 }
 
@@ -107,7 +111,7 @@ func (c Config) snapshotDir() string {
 
 func (c Config) snapshotConfig() snapshot.SchedulerConfig {
 	return snapshot.SchedulerConfig{Schedule: c.SnapshotSchedule, Retention: c.SnapshotRetention,
-		Dir: snapshot.Dir(c.snapshotDir()), Server: local.Datastore{DataDir: c.DataDir}}
+		Dir: snapshot.Dir(c.snapshotDir()), Server: local.Datastore{DataDir: c.DataDir}, S3: c.S3}
 }
 
 // Validate checks every value and says which flag is wrong and how to fix it.
@@ -218,6 +222,8 @@ func (c Config) Validate() error {
 		if err := c.snapshotConfig().Validate(); err != nil {
 			errs = append(errs, err)
 		}
+	} else if err := c.S3.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.SnapshotDir != "" && !filepath.IsAbs(c.SnapshotDir) {
 		add("--etcd-snapshot-dir %q must be an absolute path", c.SnapshotDir)

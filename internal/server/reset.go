@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -63,7 +64,7 @@ func planReset(cfg Config, tok token.Token, tlsDir pki.Dir, etcdCfg etcd.Config)
 		return r, nil
 	}
 
-	path, err := snapshot.Resolve(snapshot.Dir(cfg.snapshotDir()), cfg.ClusterResetRestorePath)
+	path, err := restoreSource(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -109,6 +110,26 @@ func planReset(cfg Config, tok token.Token, tlsDir pki.Dir, etcdCfg etcd.Config)
 		return nil, err
 	}
 	return r, nil
+}
+
+// restoreSource finds the snapshot to restore: a file, a snapshot's name in
+// the snapshot directory, or, with --etcd-s3, a name in the S3 store, which
+// is downloaded into the snapshot directory first (with its metadata, so it
+// is checked like a local one).
+func restoreSource(cfg Config) (string, error) {
+	dir := snapshot.Dir(cfg.snapshotDir())
+	path, err := snapshot.Resolve(dir, cfg.ClusterResetRestorePath)
+	if err == nil || !cfg.S3.Enabled {
+		return path, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.S3.Timeout)
+	defer cancel()
+	store, err := snapshot.NewS3(ctx, cfg.S3)
+	if err != nil {
+		return "", err
+	}
+	klog.Infof("cluster reset: downloading snapshot %s from %s", cfg.ClusterResetRestorePath, store.Location(cfg.ClusterResetRestorePath))
+	return store.Download(ctx, cfg.ClusterResetRestorePath, dir)
 }
 
 // snapshotBootstrap reads the cluster's bootstrap data from a staged snapshot.

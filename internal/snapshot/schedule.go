@@ -18,6 +18,9 @@ type SchedulerConfig struct {
 	Retention int
 	Dir       Dir
 	Server    local.Datastore
+	// S3, when enabled, receives a copy of each snapshot, with the same
+	// retention applied to this node's scheduled ones there.
+	S3 S3Config
 }
 
 // Validate checks the schedule and the retention.
@@ -28,7 +31,7 @@ func (c SchedulerConfig) Validate() error {
 	if c.Retention < 1 {
 		return fmt.Errorf("--etcd-snapshot-retention %d: keep at least 1 snapshot", c.Retention)
 	}
-	return nil
+	return c.S3.Validate()
 }
 
 // Scheduler is the component that takes snapshots on schedule and prunes
@@ -67,6 +70,9 @@ func (s *Scheduler) Stop() error {
 	return nil
 }
 
+// scheduledPrefix starts the names of a node's scheduled snapshots.
+func scheduledPrefix(node string) string { return "etcd-snapshot-" + node + "-" }
+
 func (s *Scheduler) take() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -76,10 +82,35 @@ func (s *Scheduler) take() {
 		return
 	}
 	klog.Infof("snapshots: saved %s (%d bytes, sha256 %s)", m.Name, m.Size, m.SHA256)
-	gone, err := s.cfg.Dir.Prune(s.cfg.Retention)
+	// Only this node's scheduled snapshots count: on-demand ones stay.
+	gone, err := s.cfg.Dir.Prune(scheduledPrefix(m.Node), s.cfg.Retention)
 	if err != nil {
 		klog.Warningf("snapshots: pruning: %v", err)
 	} else if len(gone) > 0 {
 		klog.Infof("snapshots: pruned %v (retention %d)", gone, s.cfg.Retention)
+	}
+	if s.cfg.S3.Enabled {
+		s.copyToS3(ctx, m)
+	}
+}
+
+// copyToS3 uploads a scheduled snapshot and applies the retention to this
+// node's scheduled snapshots in the store; a failure is logged, the local
+// snapshot stays.
+func (s *Scheduler) copyToS3(ctx context.Context, m Meta) {
+	store, err := NewS3(ctx, s.cfg.S3)
+	if err == nil {
+		m, err = store.Upload(ctx, s.cfg.Dir, m)
+	}
+	if err != nil {
+		klog.Warningf("snapshots: copy of %s to S3 failed (the local copy is kept): %v", m.Name, err)
+		return
+	}
+	klog.Infof("snapshots: copied %s to %s", m.Name, m.Location)
+	gone, err := store.Prune(ctx, scheduledPrefix(m.Node), s.cfg.Retention)
+	if err != nil {
+		klog.Warningf("snapshots: pruning S3: %v", err)
+	} else if len(gone) > 0 {
+		klog.Infof("snapshots: pruned %v from S3 (retention %d)", gone, s.cfg.Retention)
 	}
 }

@@ -173,18 +173,25 @@ func (d Dir) Delete(names ...string) error {
 	return errors.Join(errs...)
 }
 
-// Prune deletes all but the newest keep snapshots and returns their names.
-func (d Dir) Prune(keep int) ([]string, error) {
+// Prune deletes all but the newest keep snapshots whose names start with
+// prefix ("" for all), and returns their names.
+func (d Dir) Prune(prefix string, keep int) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("retention %d: keep at least 1 snapshot", keep)
 	}
 	all, err := d.List()
-	if err != nil || len(all) <= keep {
+	if err != nil {
 		return nil, err
 	}
 	var names []string
-	for _, m := range all[:len(all)-keep] {
-		names = append(names, m.Name)
+	for _, m := range all {
+		if strings.HasPrefix(m.Name, prefix) {
+			names = append(names, m.Name)
+		}
 	}
+	if len(names) <= keep {
+		return nil, nil
+	}
+	names = names[:len(names)-keep]
 	return names, d.Delete(names...)
 }

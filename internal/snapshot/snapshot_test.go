@@ -55,7 +55,11 @@ func TestDir(t *testing.T) {
 	if err != nil || len(all) != 3 || all[0].Name != names[0] || all[2].Name != names[2] || all[0].SHA256 == "" {
 		t.Fatalf("list: %+v %v", all, err)
 	}
-	gone, err := d.Prune(2)
+	// A prefix that names none of them prunes nothing; "" prunes the oldest.
+	if gone, err := d.Prune("etcd-snapshot-s1-", 1); err != nil || len(gone) != 0 {
+		t.Fatalf("prune of scheduled snapshots deleted on-demand ones: %v %v", gone, err)
+	}
+	gone, err := d.Prune("", 2)
 	if err != nil || len(gone) != 1 || gone[0] != names[0] {
 		t.Fatalf("prune: %v %v", gone, err)
 	}

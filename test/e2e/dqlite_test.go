@@ -2,16 +2,20 @@ package e2e
 
 import (
 	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/test/harness"
 )
 
 // TestDqliteHACluster forms a three-server cluster on the Dqlite datastore
 // with the same join flow as etcd, loses its leader, removes a member that
-// then rejoins, refuses a wrong token, and restarts cold; every server serves the same objects at the same
-// resource versions throughout.
+// then rejoins, refuses a wrong token, restarts cold, loses its quorum and is
+// reset; every server serves the same objects at the same resource versions
+// throughout, and a snapshot is restored on a fresh machine.
 func TestDqliteHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 4)
 	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
@@ -19,7 +23,10 @@ func TestDqliteHACluster(t *testing.T) {
 	defer fig.write(t, "e2e-dqlite-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 
-	formInParallel(t, c, fig, "dqlite_", []string{"the cluster runs on Dqlite"}, "--datastore=dqlite")
+	// Server 1 snapshots every 5 s and keeps 2, through every restart below.
+	s1.Args = append(s1.Args, "--etcd-snapshot-schedule-cron=@every 5s", "--etcd-snapshot-retention=2")
+	formInParallel(t, c, fig, "dqlite_", []string{"the cluster runs on Dqlite"}, "--datastore=dqlite", "--etcd-expose-metrics")
+	checkExposedMetrics(t, c)
 	checkStatus(t, c, s3, "dqlite", nil)
 	checkSnapshots(t, s3, "dqlite")
 
@@ -90,4 +97,24 @@ func TestDqliteHACluster(t *testing.T) {
 		t.Fatalf("after the cold restart %d of 100 configmaps", n)
 	}
 	c.CheckSameConfigMaps(t, "default")
+
+	// Minutes of snapshots every 5 s: two or three kept (one may be between
+	// its save and the prune), each matching its metadata.
+	dir := snapshot.Dir(filepath.Join(s1.DataDir, "server", "db", "snapshots"))
+	all, _ := dir.List()
+	var scheduled []string
+	for _, m := range all {
+		if strings.HasPrefix(m.Name, "etcd-snapshot-s1-") {
+			scheduled = append(scheduled, m.Name)
+			if err := dir.Verify(m.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(scheduled) < 2 || len(scheduled) > 3 {
+		t.Fatalf("server 1 keeps %d scheduled snapshots with retention 2: %v", len(scheduled), scheduled)
+	}
+
+	// Quorum loss, reset, rejoin; a snapshot restored on host 4.
+	quorumLoss("dqlite", 3, false)(t, c, fig)
 }

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,15 +14,6 @@ import (
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/test/harness"
 )
-
-// TestClusterResetEtcd and TestClusterResetDqlite lose a quorum (two of
-// three servers killed), reset the survivor, rejoin the others, and restore
-// a snapshot on a fresh machine with only the file and the token.
-func TestClusterResetEtcd(t *testing.T) { testClusterReset(t, "etcd") }
-
-func TestClusterResetDqlite(t *testing.T) {
-	testClusterReset(t, "dqlite", "--datastore=dqlite", "--etcd-expose-metrics")
-}
 
 // restoreObjects is how many objects the snapshot holds: E2E_RESTORE_OBJECTS,
 // or a few hundred so that CI stays short.
@@ -38,80 +28,83 @@ func restoreObjects(t *testing.T) int {
 	return 300
 }
 
-func testClusterReset(t *testing.T, kind string, initArgs ...string) {
-	nw := harness.NewNetwork(t, 4)
-	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
-	fig := figures{}
-	defer fig.write(t, "e2e-reset-"+kind+"-figures.json")
-	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
-	formInParallel(t, c, fig, kind+"_reset_", nil, initArgs...)
-	if slices.Contains(initArgs, "--etcd-expose-metrics") {
-		checkExposedMetrics(t, c)
-	}
-
-	n := restoreObjects(t)
-	began := time.Now()
-	createConfigMaps(t, s1, "kept", n)
-	fig.record(t, kind+"_create_"+strconv.Itoa(n)+"_objects", time.Since(began))
-	snap := saveSnapshot(t, s1, "before-loss")
-	createConfigMaps(t, s2, "after-snapshot", 20)
-
-	// Quorum loss: two servers die; the survivor is stopped by its operator.
-	s2.Kill()
-	s3.Kill()
-	if code := s1.Stop(); code != 0 {
-		t.Fatalf("the survivor exited %d on SIGTERM", code)
-	}
-
-	began = time.Now()
-	s1.Start("--cluster-reset")
-	fig.record(t, kind+"_cluster_reset_ready", time.Since(began))
-	log := s1.CurrentLog()
-	for _, want := range []string{"cluster reset done", "only member", "--server " + s1.URL()} {
-		if !strings.Contains(log, want) {
-			t.Errorf("the reset server's log lacks %q", want)
+// quorumLoss kills two of three servers of a formed cluster, resets the
+// survivor with --cluster-reset, rejoins the others with --server, and
+// restores a snapshot taken before the loss on a fresh machine (Hosts[fresh])
+// with only the snapshot and the token: a copied file, or, viaS3, a name in
+// an S3 store (versitygw on the fresh host) the snapshot was uploaded to.
+func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, figures) {
+	return func(t *testing.T, c *cluster, fig figures) {
+		s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
+		n := restoreObjects(t)
+		began := time.Now()
+		createConfigMaps(t, s1, "kept", n)
+		fig.record(t, kind+"_create_"+strconv.Itoa(n)+"_objects", time.Since(began))
+		var store *harness.S3
+		if viaS3 {
+			h := c.Net.Hosts[fresh]
+			store = harness.StartS3(t, h.Wrap(), h.IP, 9000)
 		}
-	}
-	for prefix, want := range map[string]int{"kept": n, "after-snapshot": 20} {
-		if got := countConfigMaps(t, s1, prefix); got != want {
-			t.Fatalf("after the reset %s lists %d of %d %s configmaps", s1.Name, got, want, prefix)
-		}
-	}
-	createConfigMaps(t, s1, "after-reset", 10)
+		snap := saveSnapshot(t, s1, "before-loss", store)
+		createConfigMaps(t, s2, "after-snapshot", 20)
 
-	// The same command again is refused; a plain start clears the marker.
-	s1.Stop()
-	if out, code := s1.RunToExit("--cluster-reset"); code == 0 || !strings.Contains(out, "already reset") {
-		t.Fatalf("a second --cluster-reset was not refused: exit %d\n%s", code, out)
-	}
-	s1.Start()
+		// Quorum loss: two servers die; the survivor is stopped by its operator.
+		s2.Kill()
+		s3.Kill()
+		if code := s1.Stop(); code != 0 {
+			t.Fatalf("the survivor exited %d on SIGTERM", code)
+		}
 
-	// The others rejoin with --server, their old data kept aside.
-	began = time.Now()
-	for _, s := range []*harness.Server{s2, s3} {
-		if err := s.StartAsync("--server", s1.URL()); err != nil {
-			t.Fatal(err)
+		began = time.Now()
+		s1.Start("--cluster-reset")
+		fig.record(t, kind+"_cluster_reset_ready", time.Since(began))
+		log := s1.CurrentLog()
+		for _, want := range []string{"cluster reset done", "only member", "--server " + s1.URL()} {
+			if !strings.Contains(log, want) {
+				t.Errorf("the reset server's log lacks %q", want)
+			}
 		}
-	}
-	for _, s := range []*harness.Server{s2, s3} {
-		if err := s.WaitReady(4 * time.Minute); err != nil {
-			t.Fatal(err)
+		for prefix, want := range map[string]int{"kept": n, "after-snapshot": 20} {
+			if got := countConfigMaps(t, s1, prefix); got != want {
+				t.Fatalf("after the reset %s lists %d of %d %s configmaps", s1.Name, got, want, prefix)
+			}
 		}
-		if backups, _ := filepath.Glob(filepath.Join(s.DataDir, "server", "db", kind+"-removed-*")); len(backups) != 1 {
-			t.Errorf("%s did not keep its old %s data aside: %v", s.Name, kind, backups)
-		}
-	}
-	c.waitVoters(s1, 3)
-	fig.record(t, kind+"_others_rejoined", time.Since(began))
-	for prefix, want := range map[string]int{"kept": n, "after-snapshot": 20, "after-reset": 10} {
-		if got := countConfigMaps(t, s3, prefix); got != want {
-			t.Fatalf("rejoined %s lists %d of %d %s configmaps", s3.Name, got, want, prefix)
-		}
-	}
-	c.CheckSameConfigMaps(t, "default")
-	checkStatus(t, c, s1, kind, nil) // s1 holds the snapshot: the status names it
+		createConfigMaps(t, s1, "after-reset", 10)
 
-	restoreOnFreshMachine(t, nw.Hosts[3], snap, kind, n, fig)
+		// The same command again is refused; a plain start clears the marker.
+		s1.Stop()
+		if out, code := s1.RunToExit("--cluster-reset"); code == 0 || !strings.Contains(out, "already reset") {
+			t.Fatalf("a second --cluster-reset was not refused: exit %d\n%s", code, out)
+		}
+		s1.Start()
+
+		// The others rejoin with --server, their old data kept aside.
+		began = time.Now()
+		for _, s := range []*harness.Server{s2, s3} {
+			if err := s.StartAsync("--server", s1.URL()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, s := range []*harness.Server{s2, s3} {
+			if err := s.WaitReady(4 * time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if backups, _ := filepath.Glob(filepath.Join(s.DataDir, "server", "db", kind+"-removed-*")); len(backups) == 0 {
+				t.Errorf("%s did not keep its old %s data aside", s.Name, kind)
+			}
+		}
+		c.waitVoters(s1, 3)
+		fig.record(t, kind+"_others_rejoined_after_reset", time.Since(began))
+		for prefix, want := range map[string]int{"kept": n, "after-snapshot": 20, "after-reset": 10} {
+			if got := countConfigMaps(t, s3, prefix); got != want {
+				t.Fatalf("rejoined %s lists %d of %d %s configmaps", s3.Name, got, want, prefix)
+			}
+		}
+		c.CheckSameConfigMaps(t, "default")
+		checkStatus(t, c, s1, kind, nil) // s1 holds the snapshot: the status names it
+
+		restoreOnFreshMachine(t, c.Net.Hosts[fresh], snap, kind, n, fig, store)
+	}
 }
 
 // checkExposedMetrics scrapes server 1's metrics from another host (it was
@@ -137,30 +130,45 @@ func checkExposedMetrics(t *testing.T, c *cluster) {
 	}
 }
 
-// saveSnapshot saves a compressed snapshot on s and returns its file.
-func saveSnapshot(t *testing.T, s *harness.Server, name string) snapshot.Meta {
+// saveSnapshot saves a compressed snapshot on s, and uploads it to store if
+// given; it returns the local snapshot, after checking that ls lists the
+// copy in the store with the same hash.
+func saveSnapshot(t *testing.T, s *harness.Server, name string, store *harness.S3) snapshot.Meta {
 	t.Helper()
-	if out, code := s.Hakube("etcd-snapshot", "save", "--name", name, "--compress"); code != 0 {
+	var s3 []string
+	if store != nil {
+		s3 = store.Flags()
+	}
+	if out, code := s.Hakube(append([]string{"etcd-snapshot", "save", "--name", name, "--compress"}, s3...)...); code != 0 {
 		t.Fatalf("etcd-snapshot save on %s: exit %d\n%s", s.Name, code, out)
 	}
-	out, code := s.Hakube("etcd-snapshot", "ls", "-o", "json")
+	out, code := s.Hakube(append([]string{"etcd-snapshot", "ls", "-o", "json"}, s3...)...)
 	var list []snapshot.Meta
 	if code != 0 || json.Unmarshal([]byte(out[strings.Index(out, "["):]), &list) != nil {
 		t.Fatalf("etcd-snapshot ls on %s: exit %d\n%s", s.Name, code, out)
 	}
+	var local, remote []snapshot.Meta
 	for _, m := range list {
-		if strings.HasPrefix(m.Name, name+"-") {
-			return m
+		if !strings.HasPrefix(m.Name, name+"-") {
+			continue
+		}
+		if strings.HasPrefix(m.Location, "s3://") {
+			remote = append(remote, m)
+		} else {
+			local = append(local, m)
 		}
 	}
-	t.Fatalf("snapshot %s not listed:\n%s", name, out)
-	return snapshot.Meta{}
+	if len(local) != 1 || (store != nil && (len(remote) != 1 || remote[0].SHA256 != local[0].SHA256)) {
+		t.Fatalf("snapshot %s: want one local copy and, with S3, one remote of the same hash; ls says:\n%s", name, out)
+	}
+	return local[0]
 }
 
 // restoreOnFreshMachine restores the snapshot on a host that never ran
-// hakube, given only the file and the token: a damaged copy and a wrong token
-// are refused first, leaving nothing behind.
-func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, kind string, n int, fig figures) {
+// hakube, given only the snapshot (a copied file, or its name in store) and
+// the token: a damaged copy and a wrong token are refused first, leaving
+// nothing behind.
+func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, kind string, n int, fig figures, store *harness.S3) {
 	t.Helper()
 	file := strings.TrimPrefix(snap.Location, "file://")
 	data, err := os.ReadFile(file)
@@ -195,8 +203,16 @@ func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, ki
 		t.Fatalf("refused restores left %v behind", left)
 	}
 
+	source := []string{"--cluster-reset-restore-path", copied}
+	if store != nil {
+		// By name, from the S3 store: downloaded with its metadata, hash-checked.
+		source = append([]string{"--cluster-reset-restore-path", snap.Name}, store.Flags()...)
+	}
 	began := time.Now()
-	fresh.Start("--cluster-reset", "--cluster-reset-restore-path", copied)
+	fresh.Start(append([]string{"--cluster-reset"}, source...)...)
+	if store != nil && !strings.Contains(fresh.CurrentLog(), "downloading snapshot "+snap.Name) {
+		t.Error("the fresh server did not say it downloaded the snapshot from S3")
+	}
 	fig.record(t, kind+"_restore_"+strconv.Itoa(n)+"_objects_ready", time.Since(began))
 	for prefix, want := range map[string]int{"kept": n, "after-snapshot": 0} {
 		if got := countConfigMaps(t, fresh, prefix); got != want {

@@ -71,6 +71,8 @@ func TestBadInput(t *testing.T) {
 		{"cluster-reset without data", []string{"--cluster-reset"}, "needs this server's embedded etcd or Dqlite data"},
 		{"restore without token", []string{"--cluster-reset", "--cluster-reset-restore-path", "/tmp/snap.db"}, "needs the token"},
 		{"restore of a missing snapshot", []string{"--cluster-reset", "--cluster-reset-restore-path", "/nonexistent/snap.db", "--token", "abc"}, "no snapshot file"},
+		{"s3 without bucket", []string{"--etcd-s3"}, "--etcd-s3 needs --etcd-s3-bucket"},
+		{"s3 endpoint with scheme", []string{"--etcd-s3", "--etcd-s3-bucket=b", "--etcd-s3-endpoint=https://s3.example.com"}, "without a scheme"},
 		{"unknown etcd arg", []string{"--etcd-arg", "no-such-setting=1"}, "unknown field"},
 		{"bad service cidr", []string{"--service-cidr", "10.43.0.0/99"}, "--service-cidr"},
 		{"dns outside service cidr", []string{"--cluster-dns", "192.168.1.10"}, "outside --service-cidr"},

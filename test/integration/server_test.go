@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -37,6 +38,7 @@ func TestSingleServerLifecycle(t *testing.T) { testLifecycle(t, nil) }
 // The same on a one-member Dqlite cluster: the apiserver on kine's etcd API
 // over the Raft-replicated SQLite backend; the member commands work on it.
 func TestSingleServerLifecycleDqlite(t *testing.T) {
+	store := harness.StartS3(t, nil, "127.0.0.1", harness.FreePortPair(t))
 	testLifecycle(t, func(t *testing.T, s *harness.Server) {
 		out, code := s.Hakube("etcd", "member", "list", "-o", "json")
 		var ms []etcd.Member
@@ -50,7 +52,52 @@ func TestSingleServerLifecycleDqlite(t *testing.T) {
 			t.Fatalf("removing the only member: exit %d\n%s", code, out)
 		}
 		checkScheduledSnapshots(t, s, "dqlite")
-	}, "--cluster-init", "--datastore=dqlite", "--node-name=server", "--etcd-snapshot-schedule-cron=@every 3s", "--etcd-snapshot-retention=2")
+		checkS3Copies(t, s, store)
+	}, append([]string{"--cluster-init", "--datastore=dqlite", "--node-name=server", "--etcd-snapshot-schedule-cron=@every 3s",
+		"--etcd-snapshot-retention=2"}, store.Flags()...)...)
+}
+
+// checkS3Copies waits until the server has pruned its copies in the S3 store
+// (retention 2), then lists them with 'etcd-snapshot ls --etcd-s3': each has
+// the SHA-256 of the local snapshot of its name, and the stored object is
+// that file.
+func checkS3Copies(t *testing.T, s *harness.Server, store *harness.S3) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(s.CurrentLog(), "from S3 (retention 2)") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no S3 copy pruned within a minute:\n%s", s.LogTail(20))
+		}
+		time.Sleep(time.Second)
+	}
+	out, code := s.Hakube(append([]string{"etcd-snapshot", "ls", "-o", "json"}, store.Flags()...)...)
+	var list []snapshot.Meta
+	if code != 0 || json.Unmarshal([]byte(out[strings.Index(out, "["):]), &list) != nil {
+		t.Fatalf("etcd-snapshot ls --etcd-s3: exit %d\n%s", code, out)
+	}
+	local := map[string]snapshot.Meta{}
+	remote := 0
+	for _, m := range list {
+		if !strings.HasPrefix(m.Location, "s3://") {
+			local[m.Name] = m
+			continue
+		}
+		remote++
+		if m.Location != "s3://"+store.Bucket+"/cluster-a/"+m.Name || m.SHA256 == "" {
+			t.Fatalf("S3 copy %+v", m)
+		}
+		if l, ok := local[m.Name]; ok && l.SHA256 != m.SHA256 {
+			t.Fatalf("S3 copy of %s has SHA-256 %s, the local one %s", m.Name, m.SHA256, l.SHA256)
+		}
+		b, err := os.ReadFile(filepath.Join(store.Dir, store.Bucket, "cluster-a", m.Name))
+		if err != nil || int64(len(b)) != m.Size || !bytes.HasPrefix(b, []byte("SQLite format 3")) {
+			t.Fatalf("stored object of %s: %d bytes (%v), metadata says %d", m.Name, len(b), err, m.Size)
+		}
+	}
+	// The scheduler may be between its next copy and prune: 2 or 3.
+	if remote < 2 || remote > 3 {
+		t.Fatalf("%d copies in S3 with retention 2:\n%s", remote, out)
+	}
 }
 
 // checkScheduledSnapshots waits until the server (snapshots every 3 s,

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/hakube/hakube/internal/pki"
 )
@@ -44,10 +45,13 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 	return ms, err
 }
 
-// Remove removes a member through the leader, unless that loses the quorum.
+// Remove removes a member through the leader, unless that loses the quorum;
+// it waits up to 15 s for an election under way.
 func (c *Client) Remove(ctx context.Context, id string) error {
 	body, _ := json.Marshal(Member{ID: id})
-	return callRPC(ctx, c.hc, c.addr, "POST", "/remove", body, nil)
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return untilLeader(ctx, func(ctx context.Context) error { return callRPC(ctx, c.hc, c.addr, "POST", "/remove", body, nil) })
 }
 
 // Snapshot streams a copy of the member's SQLite state (a voter's only).

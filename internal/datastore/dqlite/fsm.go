@@ -115,6 +115,14 @@ func (f *fsm) read(fn func(st *store) error) error {
 	return fn(f.st)
 }
 
+// write runs fn on the store with applies and reads held off (a rewrite of
+// the database).
+func (f *fsm) write(fn func(st *store) error) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fn(f.st)
+}
+
 // Snapshot copies the database; Raft then compacts its log up to here.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()

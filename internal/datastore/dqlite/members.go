@@ -94,10 +94,29 @@ func (n *Node) addNonvoter(m Member) error {
 	return n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, 30*time.Second).Error()
 }
 
-// RemoveMember removes a member through the leader.
+// RemoveMember removes a member through the leader, waiting out an election
+// (a leader that just stopped) as a write does.
 func (n *Node) RemoveMember(ctx context.Context, id string) error {
 	body, _ := json.Marshal(Member{ID: id})
-	return n.call(ctx, n.cfg.Advertise, "POST", "/remove", body, nil)
+	ctx, cancel := n.requestContext(ctx)
+	defer cancel()
+	return untilLeader(ctx, func(ctx context.Context) error { return n.call(ctx, n.cfg.Advertise, "POST", "/remove", body, nil) })
+}
+
+// untilLeader retries fn while no leader answers (an election is under way),
+// until ctx ends.
+func untilLeader(ctx context.Context, fn func(context.Context) error) error {
+	for {
+		err := fn(ctx)
+		if !errors.Is(err, errNoLeaderYet) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // removeMember removes a member unless the healthy voters left would be

@@ -56,11 +56,15 @@ type Config struct {
 	// every SnapshotInterval.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
+	// VacuumInterval is how often the leader looks for fragmented followers
+	// to vacuum; zero disables it.
+	VacuumInterval time.Duration
 }
 
 // NewConfig returns a config with the defaults.
 func NewConfig() Config {
-	return Config{HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, SnapshotThreshold: 4096, SnapshotInterval: time.Minute}
+	return Config{HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, SnapshotThreshold: 4096, SnapshotInterval: time.Minute,
+		VacuumInterval: 5 * time.Minute}
 }
 
 // Validate checks the config before anything is written.
@@ -187,10 +191,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.http = rpcClient(clientTLS)
 	n.rpc = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = n.rpc.Serve(newListener(n.mux, n.mux.rpcc)) }()
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.watchLeadership(notify)
 	go n.expireLoop()
 	go n.membershipLoop(!fresh)
+	go n.vacuumLoop()
 
 	if fresh && cfg.Bootstrap {
 		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: raft.ServerAddress(cfg.Advertise)}}})

@@ -104,6 +104,7 @@ func (n *Node) handler() http.Handler {
 		w.Header().Set("Content-Type", "application/vnd.sqlite3")
 		_, _ = io.Copy(w, f)
 	})
+	mux.HandleFunc("POST /vacuum", n.handleVacuum)
 	mux.HandleFunc("GET /members", func(w http.ResponseWriter, r *http.Request) {
 		ms, err := n.Members(r.Context())
 		if err != nil {
@@ -167,7 +168,8 @@ func (n *Node) onLeader(h http.HandlerFunc) http.HandlerFunc {
 		req.Header.Set("Hakube-Forwarded", "1")
 		resp, err := n.http.Do(req)
 		if err != nil {
-			http.Error(w, "forwarding to the leader: "+err.Error(), http.StatusBadGateway)
+			// The leader this member knows is gone: an election is due.
+			http.Error(w, "forwarding to the leader: "+err.Error(), statusNotLeader)
 			return
 		}
 		defer resp.Body.Close()

@@ -28,3 +28,21 @@ func TestApplyArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestShouldDefrag(t *testing.T) {
+	for _, c := range []struct {
+		size, inUse int64
+		want        bool
+	}{
+		{1 << 30, 1 << 30, false},   // nothing free
+		{1 << 30, 400 << 20, true},  // 60 % free, 624 MiB
+		{1 << 30, 600 << 20, false}, // 41 % free
+		{100 << 20, 10 << 20, true}, // 90 % free, 90 MiB
+		{40 << 20, 1 << 20, false},  // 97 % free but only 39 MiB
+		{128 << 20, 64 << 20, true}, // exactly half, exactly 64 MiB
+	} {
+		if got := shouldDefrag(c.size, c.inUse); got != c.want {
+			t.Errorf("size %d, in use %d: %v, want %v", c.size, c.inUse, got, c.want)
+		}
+	}
+}

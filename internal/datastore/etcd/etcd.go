@@ -303,9 +303,12 @@ func (e *Etcd) addLearner(ctx context.Context) (string, error) {
 			}
 			return strings.Join(parts, ","), nil
 		}
-		// Both mean another join is in progress: one learner at a time, and no
-		// member added while an added one has not started yet.
-		if !strings.Contains(err.Error(), "too many learner members") && !strings.Contains(err.Error(), "unhealthy cluster") {
+		// The first two mean another join is in progress: one learner at a
+		// time, and no member added while an added one has not started yet.
+		// A timeout (the cluster busy with that other join's changes) may
+		// have added us anyway: the next round removes that member first.
+		timedOut := strings.Contains(err.Error(), "deadline exceeded") && ctx.Err() == nil
+		if !strings.Contains(err.Error(), "too many learner members") && !strings.Contains(err.Error(), "unhealthy cluster") && !timedOut {
 			return "", fmt.Errorf("adding this server to the etcd cluster: %w", err)
 		}
 		if waitingSince.IsZero() || time.Since(waitingSince) > 15*time.Second {
