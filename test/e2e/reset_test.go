@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -47,6 +48,13 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 		}
 		snap := saveSnapshot(t, s1, "before-loss", store)
 		createConfigMaps(t, s2, "after-snapshot", 20)
+		// Someone deletes the wrong thing: gone after the reset, back after the restore.
+		const deleted = 10
+		for i := range deleted {
+			if _, err := s2.Kubectl("delete", "configmap", fmt.Sprintf("kept-%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
 
 		// Quorum loss: two servers die; the survivor is stopped by its operator.
 		s2.Kill()
@@ -64,7 +72,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 				t.Errorf("the reset server's log lacks %q", want)
 			}
 		}
-		for prefix, want := range map[string]int{"kept": n, "after-snapshot": 20} {
+		for prefix, want := range map[string]int{"kept": n - deleted, "after-snapshot": 20} {
 			if got := countConfigMaps(t, s1, prefix); got != want {
 				t.Fatalf("after the reset %s lists %d of %d %s configmaps", s1.Name, got, want, prefix)
 			}
@@ -95,7 +103,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 		}
 		c.waitVoters(s1, 3)
 		fig.record(t, kind+"_others_rejoined_after_reset", time.Since(began))
-		for prefix, want := range map[string]int{"kept": n, "after-snapshot": 20, "after-reset": 10} {
+		for prefix, want := range map[string]int{"kept": n - deleted, "after-snapshot": 20, "after-reset": 10} {
 			if got := countConfigMaps(t, s3, prefix); got != want {
 				t.Fatalf("rejoined %s lists %d of %d %s configmaps", s3.Name, got, want, prefix)
 			}
@@ -214,6 +222,8 @@ func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, ki
 		t.Error("the fresh server did not say it downloaded the snapshot from S3")
 	}
 	fig.record(t, kind+"_restore_"+strconv.Itoa(n)+"_objects_ready", time.Since(began))
+	// The snapshot's state: the objects deleted after it are back, those
+	// created after it are not there.
 	for prefix, want := range map[string]int{"kept": n, "after-snapshot": 0} {
 		if got := countConfigMaps(t, fresh, prefix); got != want {
 			t.Fatalf("the restored server lists %d %s configmaps, want %d", got, prefix, want)
