@@ -47,14 +47,10 @@ func Prepare(path, work string) (kind datastore.Kind, plain string, done func(),
 	} else {
 		klog.Infof("snapshot %s has no metadata beside it; its content is checked as it is restored", name)
 	}
-	f, err := os.Open(path)
+	head, err := readHead(path)
 	if err != nil {
 		return "", "", done, err
 	}
-	defer f.Close()
-	head := make([]byte, 32)
-	n, _ := io.ReadFull(f, head)
-	head = head[:n]
 	plain = path
 	if bytes.HasPrefix(head, []byte{0x1f, 0x8b}) {
 		if err := os.MkdirAll(work, 0o700); err != nil {
@@ -66,7 +62,7 @@ func Prepare(path, work string) (kind datastore.Kind, plain string, done func(),
 		}
 		plain = out.Name()
 		done = func() { _ = os.Remove(plain) }
-		if err := gunzip(f, out); err != nil {
+		if err := gunzip(path, out); err != nil {
 			done()
 			return "", "", func() {}, fmt.Errorf("uncompressing snapshot %s: %w", name, err)
 		}
@@ -86,14 +82,14 @@ func Prepare(path, work string) (kind datastore.Kind, plain string, done func(),
 	return "", "", func() {}, fmt.Errorf("%s is neither an etcd snapshot nor a Dqlite one (the file's first bytes are not of either)", path)
 }
 
-func gunzip(in *os.File, out *os.File) error {
-	if _, err := in.Seek(0, io.SeekStart); err != nil {
-		out.Close()
-		return err
-	}
-	zr, err := gzip.NewReader(in)
+func gunzip(path string, out *os.File) error {
+	in, err := os.Open(path)
 	if err == nil {
-		_, err = io.Copy(out, zr)
+		defer in.Close()
+		var zr *gzip.Reader
+		if zr, err = gzip.NewReader(in); err == nil {
+			_, err = io.Copy(out, zr)
+		}
 	}
 	if cerr := out.Close(); err == nil {
 		err = cerr

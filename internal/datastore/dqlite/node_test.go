@@ -146,8 +146,11 @@ func (c *testCluster) leader() int {
 	return -1
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func ctxT(t *testing.T) context.Context { return ctxWithin(t, 30*time.Second) }
+
+// ctxWithin is a context that ends after d or with the test.
+func ctxWithin(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }

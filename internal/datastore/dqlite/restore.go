@@ -82,17 +82,8 @@ func seed(cfg Config, from string, snaps raft.SnapshotStore, stable raft.StableS
 	if err != nil {
 		return err
 	}
-	in, err := os.Open(from)
-	if err != nil {
-		_ = sink.Cancel()
-		return err
-	}
-	defer in.Close()
-	if _, err := io.Copy(sink, in); err != nil {
-		_ = sink.Cancel()
-		return err
-	}
-	if err := sink.Close(); err != nil {
+	// The staged file is written into the sink as any snapshot of the state is.
+	if err := (&snapshot{path: from}).Persist(sink); err != nil {
 		return err
 	}
 	return stable.SetUint64([]byte("CurrentTerm"), 1)

@@ -1,7 +1,6 @@
 package dqlite
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,7 +29,7 @@ func TestRecoverAfterQuorumLossAndRestore(t *testing.T) {
 	// Without Recover the survivor alone has no quorum and cannot write.
 	survivor := c.cfgs[0]
 	c.nodes[0] = c.start(survivor)
-	if _, err := c.nodes[0].Backend().Create(ctxShort(t), "/r/lost-quorum", []byte("x"), 0); err == nil {
+	if _, err := c.nodes[0].Backend().Create(ctxWithin(t, 3*time.Second), "/r/lost-quorum", []byte("x"), 0); err == nil {
 		t.Fatal("a member without quorum acknowledged a write")
 	}
 	c.nodes[0].Stop()
@@ -86,12 +85,6 @@ func TestRecoverAfterQuorumLossAndRestore(t *testing.T) {
 	if _, err := Stage(filepath.Join(t.TempDir(), "db"), junk); err == nil {
 		t.Fatal("a junk file was staged")
 	}
-}
-
-func ctxShort(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // TestVacuumFollowers: after many keys are deleted and compacted away, the
