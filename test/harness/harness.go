@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -62,26 +63,50 @@ func RequireRoot(tb testing.TB) {
 }
 
 // FreePortPair returns a port p such that p and p+1 are free on 127.0.0.1
-// (a server uses p for its supervisor and p+1 for the apiserver).
+// (a server uses p for its supervisor and p+1 for the apiserver). Ports are
+// drawn below the kernel's ephemeral range: a port from that range can be
+// taken by any outgoing connection while a test restarts its server.
 func FreePortPair(tb testing.TB) int {
 	tb.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if p >= 65535 {
-			continue
-		}
-		if l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1)); err == nil {
-			l2.Close()
+	lo, hi := 10000, ephemeralLow()-2
+	if hi <= lo {
+		tb.Fatalf("the ephemeral port range starts at %d; no room below it for test ports", hi+2)
+	}
+	for range 200 {
+		p := lo + rand.IntN(hi-lo)
+		if portFree(p) && portFree(p+1) {
 			return p
 		}
 	}
 	tb.Fatal("no free port pair")
 	return 0
+}
+
+func portFree(p int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// ephemeralLow is the first port the kernel hands out to outgoing
+// connections (32768 when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }
 
 // Server is one hakube server process.
