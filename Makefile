@@ -14,7 +14,7 @@ VERSITYGW := bin/versitygw
 VERSITYGW_VERSION := v1.8.0
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build run test unit e2e robustness bench lint fuzz clean
+.PHONY: build run test unit e2e robustness bench bench-quick lint fuzz clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
@@ -24,7 +24,7 @@ run: build
 	$(BIN) server --data-dir $(DATA_DIR)
 
 lint:
-	@test -z "$$(gofmt -l cmd internal test)" || (gofmt -l cmd internal test; exit 1)
+	@test -z "$$(gofmt -l cmd internal test bench)" || (gofmt -l cmd internal test bench; exit 1)
 	go vet ./...
 
 unit:
@@ -43,7 +43,7 @@ e2e: build $(VERSITYGW)
 		ROBUSTNESS_FAULTS=sigkill-leader,sigkill-follower,sigstop-leader,sigstop-follower,partition-follower,partition-leader,peer-delay-leader,peer-drop-leader \
 		go test -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
 
-test: lint unit e2e
+test: lint unit e2e bench-quick
 
 # Fault-injection runs on SERVERS servers of DATASTORE (etcd or dqlite): ITER iterations of every scenario
 # (or of FAULTS, comma-separated), TRAFFIC seconds of traffic before and after each fault.
@@ -55,11 +55,20 @@ robustness: build
 	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) ROBUSTNESS_SERVERS=$(SERVERS) ROBUSTNESS_DATASTORE=$(DATASTORE) \
 		go test -count=1 -timeout 600m -v -run TestRobustness ./test/robustness/
 
-# Benchmarks: figures are reported in bench/results/<date>-<host>.{json,md}, never asserted.
-# BENCH_DURATION is the time per workload (default 10s).
-bench: build
-	HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_BENCH=1 BENCH_COMMIT=$(VERSION) BENCH_DURATION=$(BENCH_DURATION) \
-		go test -count=1 -timeout 60m -v -run TestBench ./bench/
+# Benchmarks: hakube and its peers (Debian's etcd-server, kine on SQLite) side by side; figures are
+# reported in bench/results/<date>-<host>.{json,md,png}, never asserted. BENCH_DURATION is the time per
+# throughput row (default 3s), BENCH_REPS the repetitions per operation (default 10).
+# bench-quick (under 3 min, part of 'make test') keeps the harness working; it writes to bench/results/quick/.
+KINE := bin/kine
+$(KINE): go.mod
+	go build -o $(KINE) github.com/k3s-io/kine
+
+BENCH_ENV = HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_KINE=$(CURDIR)/$(KINE) HAKUBE_BENCH=1 BENCH_COMMIT=$(VERSION)
+bench: build $(KINE)
+	$(BENCH_ENV) BENCH_DURATION=$(BENCH_DURATION) BENCH_REPS=$(BENCH_REPS) go test -count=1 -timeout 60m -v -run TestBench ./bench/
+
+bench-quick: build $(KINE)
+	$(BENCH_ENV) go test -count=1 -timeout 10m -v -run TestBench ./bench/ -args -quick
 
 fuzz:
 	go test ./internal/token -run '^$$' -fuzz FuzzParse -fuzztime 60s

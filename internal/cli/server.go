@@ -87,6 +87,7 @@ order; without one a random token is generated and stored in
 	f.IntVar(&cfg.SnapshotRetention, "etcd-snapshot-retention", cfg.SnapshotRetention, "how many scheduled snapshots to keep")
 	f.StringVar(&cfg.SnapshotDir, "etcd-snapshot-dir", "", "directory of snapshots (default <data-dir>/server/db/snapshots)")
 	f.StringArrayVar(&cfg.EtcdArgs, "etcd-arg", nil, "embedded etcd setting as key=value, named as in etcd's configuration file (repeatable)")
+	f.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "serve Go's profiles at http://127.0.0.1:2381/debug/pprof/ (embedded etcd or Dqlite)")
 	f.BoolVar(&cfg.ExposeMetrics, "etcd-expose-metrics", false, "serve the datastore's and supervisor's Prometheus metrics on <node-ip>:2381 too (always on 127.0.0.1:2381 with embedded etcd or Dqlite)")
 	addS3Flags(f, &cfg.S3)
 	f.BoolVar(&cfg.DisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -30,6 +31,9 @@ type Config struct {
 	// registry (where embedded etcd registers its metrics); it is called at
 	// Start, once the components it reads are running.
 	Collectors func() []prometheus.Collector
+	// Pprof serves Go's profiles under /debug/pprof/ on the loopback
+	// listener only: profiles reveal internals and cost CPU to take.
+	Pprof bool
 }
 
 // Server is the metrics component.
@@ -74,16 +78,38 @@ func (s *Server) Start(context.Context) error {
 			}
 		}
 	}
+	metricsHandler := promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{})
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
-	s.server = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.Handle("GET /metrics", metricsHandler)
+	local := mux
+	if s.cfg.Pprof {
+		local = http.NewServeMux()
+		local.Handle("GET /metrics", metricsHandler)
+		local.HandleFunc("/debug/pprof/", pprof.Index)
+		local.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		local.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		local.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		local.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	// WriteTimeout is left unset: a CPU profile streams for its whole duration.
+	s.server = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok && a.IP.IsLoopback() {
+			local.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})}
 	for _, l := range s.listeners {
 		go func() {
 			if err := s.server.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				klog.Errorf("metrics: %v", err)
 			}
 		}()
-		klog.Infof("metrics: serving http://%s/metrics", net.JoinHostPort(l.Addr().(*net.TCPAddr).IP.String(), strconv.Itoa(s.cfg.Port)))
+		ip := l.Addr().(*net.TCPAddr).IP
+		klog.Infof("metrics: serving http://%s/metrics", net.JoinHostPort(ip.String(), strconv.Itoa(s.cfg.Port)))
+		if s.cfg.Pprof && ip.IsLoopback() {
+			klog.Infof("metrics: serving Go profiles at http://%s/debug/pprof/", net.JoinHostPort(ip.String(), strconv.Itoa(s.cfg.Port)))
+		}
 	}
 	return nil
 }

@@ -55,6 +55,8 @@ type Config struct {
 	// ExposeMetrics serves the datastore's and supervisor's metrics on the
 	// node IP as well as on loopback.
 	ExposeMetrics bool
+	// EnablePprof serves Go's profiles on the loopback metrics listener.
+	EnablePprof bool
 
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
 	Token     string

@@ -181,7 +181,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.ExposeMetrics {
 			hosts = append(hosts, nodeIP.String())
 		}
-		components = append(components, metrics.New(metrics.Config{Hosts: hosts, Port: metrics.DefaultPort,
+		components = append(components, metrics.New(metrics.Config{Hosts: hosts, Port: metrics.DefaultPort, Pprof: cfg.EnablePprof,
 			Collectors: func() []prometheus.Collector {
 				cs := sup.Collectors()
 				if d, ok := embedded(ds).(*dqlite.Datastore); ok {

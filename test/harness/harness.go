@@ -282,6 +282,14 @@ func (s *Server) WaitExit(timeout time.Duration) (int, error) {
 	}
 }
 
+// Pid is the process id of the current run (0 before the first start).
+func (s *Server) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Signal sends sig to the server process (SIGSTOP and SIGCONT pause and resume it).
 func (s *Server) Signal(sig syscall.Signal) error { return s.cmd.Process.Signal(sig) }
 

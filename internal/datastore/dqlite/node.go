@@ -61,6 +61,11 @@ type Config struct {
 	VacuumInterval time.Duration
 }
 
+// commitTimeout bounds how late a follower learns of a commit when writes
+// pause (10-20 ms; bench: watch p50 19 ms); idle, it costs each follower
+// ~70 small RPCs a second, half of what 5 ms (p50 12 ms) costs.
+const commitTimeout = 10 * time.Millisecond
+
 // NewConfig returns a config with the defaults.
 func NewConfig() Config {
 	return Config{HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, SnapshotThreshold: 4096, SnapshotInterval: time.Minute,
@@ -168,6 +173,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	rc.Logger = logger
 	rc.HeartbeatTimeout, rc.ElectionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	// A follower learns that an entry is committed only from the leader's
+	// next AppendEntries, which hashicorp/raft sends after CommitTimeout
+	// (randomized up to twice it) when no new entry comes: its default, 50 ms,
+	// delayed watch events and read-index reads on followers by 50-100 ms
+	// (bench: watch p50 76 ms). etcd sends the commit at once.
+	rc.CommitTimeout = commitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.SnapshotThreshold

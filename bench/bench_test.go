@@ -1,0 +1,181 @@
+// Package bench measures hakube side by side with the systems users would pick
+// instead, on this machine in one run; 'make bench' runs it and writes
+// bench/results/<date>-<host>.{json,md} and PNG plots. Figures are reported,
+// never asserted.
+package bench
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+)
+
+var quick = flag.Bool("quick", false, "a run of under 3 minutes that keeps the harness working; its figures are rough")
+
+// plan is how much of each measurement a run makes.
+type plan struct {
+	dur     time.Duration // per throughput row
+	reps    int           // per operation
+	settle  time.Duration // before the idle footprint is sampled, and its window
+	pool    int           // ConfigMaps the get, list and update workloads use
+	profile time.Duration // CPU profile of the leader during put at 16 clients
+	out     string        // results directory
+}
+
+func newPlan() plan {
+	if *quick {
+		return plan{dur: 300 * time.Millisecond, reps: 1, settle: 500 * time.Millisecond, pool: 50, profile: time.Second, out: "results/quick"}
+	}
+	p := plan{dur: 3 * time.Second, reps: 10, settle: 5 * time.Second, pool: 500, profile: 2 * time.Second, out: "results"}
+	if d, err := time.ParseDuration(os.Getenv("BENCH_DURATION")); err == nil && d > 0 {
+		p.dur = d
+		p.profile = max(d-time.Second, time.Second)
+	}
+	if n, err := strconv.Atoi(os.Getenv("BENCH_REPS")); err == nil && n > 0 {
+		p.reps = n
+	}
+	return p
+}
+
+// Report is one run of the benchmarks.
+type Report struct {
+	Date      string      `json:"date"`
+	Host      string      `json:"host"`
+	Commit    string      `json:"commit"`
+	Quick     bool        `json:"quick"`
+	CPUs      int         `json:"cpus"`
+	Fsync     Latency     `json:"fsync"`
+	Results   []Result    `json:"results"`
+	Ops       []Op        `json:"operations"`
+	Footprint []Footprint `json:"footprint"`
+	Profiles  []Profile   `json:"profiles"`
+	Seconds   float64     `json:"seconds"`
+}
+
+// Latency is a median and a 99th percentile in milliseconds.
+type Latency struct {
+	P50ms float64 `json:"p50ms"`
+	P99ms float64 `json:"p99ms"`
+}
+
+// Result is one workload against one target.
+type Result struct {
+	Target    string  `json:"target"`
+	Level     string  `json:"level"` // datastore or kubernetes
+	Workload  string  `json:"workload"`
+	Clients   int     `json:"clients"`
+	Ops       int     `json:"ops"`
+	Errors    int     `json:"errors"`
+	OpsPerSec float64 `json:"opsPerSec"`
+	Latency
+	// CDFms[i] is the i-th percentile latency, i = 0..100, for the plots.
+	CDFms []float64 `json:"cdfMs"`
+}
+
+// Op is an operation repeated against one target; samples are in seconds.
+type Op struct {
+	Target    string    `json:"target"`
+	Operation string    `json:"operation"`
+	Samples   []float64 `json:"samples"`
+	Median    float64   `json:"median"`
+	Max       float64   `json:"max"`
+}
+
+// Footprint is the memory and CPU of a target's processes in one phase.
+type Footprint struct {
+	Target    string  `json:"target"`
+	Processes string  `json:"processes"`
+	Phase     string  `json:"phase"` // idle, put×16, create×16
+	RSSMiB    float64 `json:"rssMiB"`
+	CPUPct    float64 `json:"cpuPercent"` // of one core
+}
+
+// Profile is where a leader's CPU went during a workload.
+type Profile struct {
+	Target   string `json:"target"`
+	Workload string `json:"workload"`
+	File     string `json:"file"`
+	Top      string `json:"top"`
+}
+
+// TestBench runs every target, one after the other (HAKUBE_BENCH=1; 'make bench').
+func TestBench(t *testing.T) {
+	if os.Getenv("HAKUBE_BENCH") == "" {
+		t.Skip("benchmarks run with 'make bench'")
+	}
+	began := time.Now()
+	p := newPlan()
+	host, _ := os.Hostname()
+	rep := &Report{Date: began.UTC().Format(time.RFC3339), Host: host, Commit: os.Getenv("BENCH_COMMIT"), Quick: *quick, CPUs: runtime.NumCPU()}
+	rep.Fsync = fsync(t)
+	t.Logf("fsync p50 %.2f ms, p99 %.2f ms", rep.Fsync.P50ms, rep.Fsync.P99ms)
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			began := time.Now()
+			tg := k.start(t, p)
+			t.Logf("%s: started in %.1f s", tg.name, time.Since(began).Seconds())
+			measure(t, p, tg, rep)
+			t.Logf("%s: measured by %.1f s", tg.name, time.Since(began).Seconds())
+			k.ops(t, p, tg, rep)
+			t.Logf("%s: operations timed by %.1f s", tg.name, time.Since(began).Seconds())
+		})
+	}
+	rep.Seconds = time.Since(began).Seconds()
+	write(t, p, rep)
+}
+
+// TestReport writes the Markdown and plots of a stored run again
+// (BENCH_REPORT=results/<date>-<host>.json), e.g. after the report's code changed.
+func TestReport(t *testing.T) {
+	file := os.Getenv("BENCH_REPORT")
+	if file == "" {
+		t.Skip("set BENCH_REPORT to a run's JSON file")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := &Report{}
+	if err := json.Unmarshal(b, rep); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	p := newPlan()
+	p.out = filepath.Dir(file)
+	write(t, p, rep)
+}
+
+// kind is one system under test: how to start it and which operations to time.
+type kind struct {
+	name  string
+	start func(*testing.T, plan) *target
+	ops   func(*testing.T, plan, *target, *Report)
+}
+
+var kinds = []kind{
+	{"hakube-etcd", func(t *testing.T, p plan) *target { return startHakubeHA(t, p, "etcd") }, haOps},
+	{"hakube-dqlite", func(t *testing.T, p plan) *target { return startHakubeHA(t, p, "dqlite") }, haOps},
+	{"hakube-sqlite", startHakubeSQLite, sqliteOps},
+	{"etcd", startPeerEtcd, peerEtcdOps},
+	{"kine", startKine, kineOps},
+}
+
+// Target names, as the report shows them.
+const (
+	hakubeEtcd   = "hakube 3-server etcd"
+	hakubeDqlite = "hakube 3-server Dqlite"
+	hakubeSQLite = "hakube 1-server SQLite"
+	peerEtcd     = "etcd 3.4 3-member (Debian)"
+	peerKine     = "kine on SQLite"
+)
+
+// pairs are the hakube targets and the peer each is compared with.
+var pairs = [][2]string{
+	{hakubeEtcd, peerEtcd},
+	{hakubeDqlite, peerEtcd},
+	{hakubeSQLite, peerKine},
+}

@@ -1,0 +1,83 @@
+package bench
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is the kernel's USER_HZ, in which /proc/<pid>/stat counts CPU
+// time; it is 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// sample is the summed resident memory (mean over the window, MiB) and CPU
+// (percent of one core) of some processes.
+type sample struct{ rss, cpu float64 }
+
+// sampleWhile measures pids while fn runs, reading /proc every 250 ms.
+func sampleWhile(pids []int, fn func()) sample {
+	cpu0, began := cpuTicks(pids), time.Now()
+	stop := make(chan struct{})
+	done := make(chan sample)
+	go func() {
+		var sum float64
+		n := 0
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			sum += rssMiB(pids)
+			n++
+			select {
+			case <-stop:
+				done <- sample{rss: sum / float64(n)}
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	s := <-done
+	s.cpu = float64(cpuTicks(pids)-cpu0) / clockTicks / time.Since(began).Seconds() * 100
+	return s
+}
+
+// rssMiB is the summed VmRSS of pids; a process that is gone counts 0.
+func rssMiB(pids []int) float64 {
+	var kib float64
+	for _, pid := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				n, _ := strconv.ParseFloat(f[1], 64)
+				kib += n
+			}
+		}
+	}
+	return kib / 1024
+}
+
+// cpuTicks is the summed user and system time of pids.
+func cpuTicks(pids []int) int64 {
+	var total int64
+	for _, pid := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			continue
+		}
+		// The command name (field 2) may hold spaces; fields count from after it.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			continue
+		}
+		utime, _ := strconv.ParseInt(f[11], 10, 64)
+		stime, _ := strconv.ParseInt(f[12], 10, 64)
+		total += utime + stime
+	}
+	return total
+}
