@@ -157,11 +157,17 @@ type kind struct {
 }
 
 var kinds = []kind{
-	{"hakube-etcd", func(t *testing.T, p plan) *target { return startHakubeHA(t, p, "etcd") }, haOps},
-	{"hakube-dqlite", func(t *testing.T, p plan) *target { return startHakubeHA(t, p, "dqlite") }, haOps},
+	haKind("etcd"),
+	haKind("dqlite"),
 	{"hakube-sqlite", startHakubeSQLite, sqliteOps},
 	{"etcd", startPeerEtcd, peerEtcdOps},
 	{"kine", startKine, kineOps},
+}
+
+func haKind(datastore string) kind {
+	return kind{"hakube-" + datastore,
+		func(t *testing.T, p plan) *target { return startHakubeHA(t, p, datastore) },
+		func(t *testing.T, p plan, tg *target, rep *Report) { haOps(t, p, tg, rep, datastore) }}
 }
 
 // Target names, as the report shows them.

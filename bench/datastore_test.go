@@ -81,8 +81,7 @@ func measure(t *testing.T, p plan, tg *target, rep *Report) {
 	for _, w := range kubeWorkloads(t, tg.kube, p.pool) {
 		var r Result
 		if w.name == "k8s-create" && w.clients == 16 {
-			var f sample
-			f = sampleWhile(tg.pids(), func() { r = run(t, w, p.dur) })
+			f := sampleWhile(tg.pids(), func() { r = run(t, w, p.dur) })
 			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "create×16", RSSMiB: f.rss, CPUPct: f.cpu})
 		} else {
 			r = run(t, w, p.dur)
@@ -113,7 +112,7 @@ func loaded(t *testing.T, p plan, tg *target, rep *Report, w workload) (sample, 
 		t.Errorf("profiling %s: %v", tg.name, profErr)
 	}
 	if prof != nil {
-		rep.Profiles = append(rep.Profiles, saveProfile(t, p, tg.name, "put×16", prof))
+		rep.Profiles = append(rep.Profiles, saveProfile(t, p, rep, tg.name, "put×16", prof))
 	}
 	return f, r
 }

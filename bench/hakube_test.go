@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -153,14 +154,11 @@ func stopAll(ss []*harness.Server) {
 // server; failover (the leader killed, until a write through a follower is
 // acknowledged, at the datastore and through the apiserver); and the killed
 // server, its member removed and its data wiped, joining again as a voter.
-func haOps(t *testing.T, p plan, tg *target, rep *Report) {
-	c := tg.cluster
-	kind := "etcd"
-	if tg.name == hakubeDqlite {
-		kind = "dqlite"
-	} else if *quick {
+func haOps(t *testing.T, p plan, tg *target, rep *Report, kind string) {
+	if *quick && kind == "etcd" {
 		return // the same code runs on Dqlite, whose joins are faster
 	}
+	c := tg.cluster
 	var failDS, failKube, join []float64
 	for range p.reps {
 		leader := c.Leader(t, c.Servers[0])
@@ -173,9 +171,9 @@ func haOps(t *testing.T, p plan, tg *target, rep *Report) {
 		f := follower(c, leader)
 		ds := datastoreClient(t, c, f, kind)
 		cs := kubeClient(t, f)
-		ds1, kube1 := failover(t, func() { leader.Kill() }, dsWrite(ds), kubeWrite(cs))
+		took := failover(t, func() { leader.Kill() }, dsWrite(ds), kubeWrite(cs))
 		ds.Close()
-		failDS, failKube = append(failDS, ds1), append(failKube, kube1)
+		failDS, failKube = append(failDS, took[0]), append(failKube, took[1])
 
 		if out, code := f.Hakube("etcd", "member", "remove", leaderMember); code != 0 {
 			t.Fatalf("removing %s: %s", leaderMember, out)
@@ -253,7 +251,7 @@ func kubeWrite(cs *kubernetes.Clientset) attempt {
 
 // failover checks that each write succeeds, then kills and returns, for each
 // write, the seconds from the kill until one started after it succeeded.
-func failover(t *testing.T, kill func(), writes ...attempt) (ds, kube float64) {
+func failover(t *testing.T, kill func(), writes ...attempt) []float64 {
 	for i, w := range writes {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		for n := 0; ; n++ {
@@ -291,16 +289,12 @@ func failover(t *testing.T, kill func(), writes ...attempt) (ds, kube float64) {
 			t.Fatalf("write %d: nothing acknowledged in 2 minutes after the kill", i)
 		}
 	}
-	if len(out) == 1 {
-		return out[0], 0
-	}
-	return out[0], out[1]
+	return out
 }
 
 func addOp(t *testing.T, rep *Report, target, op string, samples []float64) {
 	o := Op{Target: target, Operation: op, Samples: samples}
-	s := append([]float64(nil), samples...)
-	sortFloats(s)
+	s := slices.Sorted(slices.Values(samples))
 	o.Median, o.Max = median(s), s[len(s)-1]
 	t.Logf("%-26s %-48s median %6.2f s  max %6.2f s  (n=%d)", target, op, o.Median, o.Max, len(s))
 	rep.Ops = append(rep.Ops, o)

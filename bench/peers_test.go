@@ -153,10 +153,10 @@ func (e *etcdPeer) file(m *etcdMember, ext string) string {
 	return filepath.Join(e.dir, m.name+"."+ext)
 }
 
-// start runs member m; cluster lists the members of the initial cluster.
-func (e *etcdPeer) start(m *etcdMember, cluster []*etcdMember, state string) {
+// start runs member m of the cluster in the given initial state.
+func (e *etcdPeer) start(m *etcdMember, state string) {
 	var initial []string
-	for _, o := range cluster {
+	for _, o := range e.members {
 		initial = append(initial, o.name+"="+o.peerURL())
 	}
 	argv := append(m.host.Wrap(), "etcd", "--name", m.name, "--data-dir", m.data,
@@ -171,7 +171,7 @@ func (e *etcdPeer) start(m *etcdMember, cluster []*etcdMember, state string) {
 
 func (e *etcdPeer) startAll() {
 	for _, m := range e.members {
-		e.start(m, e.members, "new")
+		e.start(m, "new")
 	}
 }
 
@@ -215,19 +215,14 @@ func (e *etcdPeer) waitWritable() {
 }
 
 func untilPut(cli *clientv3.Client, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	err := retry(within, time.Second, 20*time.Millisecond, func(ctx context.Context) error {
 		_, err := cli.Put(ctx, "/bench-ready", "x")
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no put acknowledged in %s: %w", within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("no put acknowledged in %s: %w", within, err)
 	}
+	return nil
 }
 
 func (e *etcdPeer) logTail() string {
@@ -290,12 +285,12 @@ func peerEtcdOps(t *testing.T, p plan, tg *target, rep *Report) {
 		leader := e.leader()
 		f := e.other(leader)
 		cli := e.client(f.host, f)
-		ds1, kube1 := failover(t, leader.proc.kill, dsWrite(cli), kubeWrite(frontCS))
-		failDS, failKube = append(failDS, ds1), append(failKube, kube1)
+		took := failover(t, leader.proc.kill, dsWrite(cli), kubeWrite(frontCS))
+		failDS, failKube = append(failDS, took[0]), append(failKube, took[1])
 
 		// etcd refuses membership changes for a few seconds after a leader
 		// change ("unhealthy cluster"); an operator retries, and so do we.
-		if err := retry(time.Minute, func(ctx context.Context) error {
+		if err := retry(time.Minute, 5*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
 			_, err := cli.MemberRemove(ctx, leader.id)
 			return err
 		}); err != nil {
@@ -306,19 +301,29 @@ func peerEtcdOps(t *testing.T, p plan, tg *target, rep *Report) {
 		}
 		began := time.Now()
 		var added *clientv3.MemberAddResponse
-		if err := retry(time.Minute, func(ctx context.Context) (err error) {
+		if err := retry(time.Minute, 5*time.Second, 200*time.Millisecond, func(ctx context.Context) (err error) {
 			added, err = cli.MemberAddAsLearner(ctx, []string{leader.peerURL()})
 			return err
 		}); err != nil {
 			t.Fatalf("adding %s: %v", leader.name, err)
 		}
 		leader.id = added.Member.ID
-		e.start(leader, e.members, "existing")
-		if err := promote(cli, leader.id, 3*time.Minute); err != nil {
+		e.start(leader, "existing")
+		// Promotion is refused until the learner has caught up.
+		if err := retry(3*time.Minute, 2*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
+			_, err := cli.MemberPromote(ctx, leader.id)
+			return err
+		}); err != nil {
 			t.Fatalf("promoting %s: %v\n%s", leader.name, err, e.logTail())
 		}
 		// As for hakube, a voter counts once it answers clients (healthy).
-		if err := e.waitServing(leader, 3*time.Minute); err != nil {
+		joined := e.client(leader.host, leader)
+		err := retry(3*time.Minute, time.Second, 50*time.Millisecond, func(ctx context.Context) error {
+			_, err := joined.Status(ctx, leader.clientURL())
+			return err
+		})
+		joined.Close()
+		if err != nil {
 			t.Fatalf("%s after its promotion: %v\n%s", leader.name, err, e.logTail())
 		}
 		join = append(join, time.Since(began).Seconds())
@@ -346,50 +351,18 @@ func peerEtcdOps(t *testing.T, p plan, tg *target, rep *Report) {
 	addOp(t, rep, tg.name, "cold start to first write", cold)
 }
 
-// waitServing waits until m answers a status request.
-func (e *etcdPeer) waitServing(m *etcdMember, within time.Duration) error {
-	cli := e.client(m.host, m)
-	defer cli.Close()
+// retry calls fn, each call given at most timeout, every so often until it
+// succeeds or within has passed; it returns the last error.
+func retry(within, timeout, every time.Duration, fn func(ctx context.Context) error) error {
 	deadline := time.Now().Add(within)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := cli.Status(ctx, m.clientURL())
-		cancel()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// retry calls fn until it succeeds or within has passed.
-func retry(within time.Duration, fn func(ctx context.Context) error) error {
-	deadline := time.Now().Add(within)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		err := fn(ctx)
 		cancel()
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// promote retries until the learner has caught up and is promoted.
-func promote(cli *clientv3.Client, id uint64, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := cli.MemberPromote(ctx, id)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 

@@ -12,15 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 )
-
-func sortFloats(s []float64) { slices.Sort(s) }
 
 func median(sorted []float64) float64 {
 	n := len(sorted)
@@ -43,16 +40,17 @@ func slug(s string) string {
 	return strings.Trim(b.String(), "-")
 }
 
-func base(p plan, rep *Report) string {
-	return filepath.Join(p.out, rep.Date[:len("2006-01-02")]+"-"+rep.Host)
-}
+// day is the run's date, which starts the names of its files.
+func day(rep *Report) string { return rep.Date[:len("2006-01-02")] }
+
+func base(p plan, rep *Report) string { return filepath.Join(p.out, day(rep)+"-"+rep.Host) }
 
 // saveProfile stores a CPU profile and the top of 'go tool pprof' on it.
-func saveProfile(t *testing.T, p plan, target, workload string, data []byte) Profile {
+func saveProfile(t *testing.T, p plan, rep *Report, target, workload string, data []byte) Profile {
 	if err := os.MkdirAll(p.out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(p.out, time.Now().UTC().Format("2006-01-02")+"-"+slug(target)+"-"+slug(workload)+".pprof")
+	file := filepath.Join(p.out, day(rep)+"-"+slug(target)+"-"+slug(workload)+".pprof")
 	if err := os.WriteFile(file, data, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -78,13 +78,12 @@ func (s *Server) Start(context.Context) error {
 			}
 		}
 	}
-	metricsHandler := promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{})
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metricsHandler)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{}))
 	local := mux
 	if s.cfg.Pprof {
 		local = http.NewServeMux()
-		local.Handle("GET /metrics", metricsHandler)
+		local.Handle("/", mux)
 		local.HandleFunc("/debug/pprof/", pprof.Index)
 		local.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 		local.HandleFunc("/debug/pprof/profile", pprof.Profile)
