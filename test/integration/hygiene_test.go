@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hakube/hakube/test/harness"
@@ -34,11 +35,12 @@ func TestEtcdNoSpaceRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused, unavailable, updates := 0, 0, 0
+	var lastErr error
 	began := time.Now()
 	for refused == 0 || updates < 3*quota/(900<<10) {
 		if time.Since(began) > 3*time.Minute {
-			t.Fatalf("after %s: %d updates of 900 KiB, %d refused for space, %d while unavailable; the server's upkeep said:\n%s",
-				time.Since(began).Round(time.Second), updates, refused, unavailable, grepLog(s, "hygiene.go", "restarting", "hakube is ready"))
+			t.Fatalf("after %s: %d updates of 900 KiB, %d refused for space, %d while unavailable (last error: %v); the server's upkeep said:\n%s",
+				time.Since(began).Round(time.Second), updates, refused, unavailable, lastErr, grepLog(s, "hygiene.go", "restarting", "hakube is ready"))
 		}
 		if !s.Running() {
 			t.Fatalf("the server ended:\n%s", s.LogTail(30))
@@ -51,7 +53,14 @@ func TestEtcdNoSpaceRecovery(t *testing.T) {
 		case strings.Contains(err.Error(), "database space exceeded"):
 			refused++
 			time.Sleep(200 * time.Millisecond)
+		case apierrors.IsConflict(err):
+			// An update applied while its answer was lost in the restart
+			// leaves our copy stale: read the current one.
+			if cur, gerr := cms.Get(ctx, "big", metav1.GetOptions{}); gerr == nil {
+				cm = cur
+			}
 		default:
+			lastErr = err
 			// Restarting in place: the API is away for a few seconds.
 			unavailable++
 			time.Sleep(time.Second)
