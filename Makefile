@@ -34,14 +34,10 @@ $(VERSITYGW):
 	GOBIN=$(CURDIR)/bin go install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 # Integration and multi-host tests use the binary built once by 'build'.
-# The robustness short matrix runs on etcd with the rest, then once more on Dqlite
-# without its two slowest scenarios (member replacement and a full stop, ~2.5 min),
-# whose Dqlite paths the e2e test covers; 'make robustness DATASTORE=dqlite' runs all.
+# The robustness short matrix runs on etcd with the rest, then once more on Dqlite.
 e2e: build $(VERSITYGW)
 	HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_VERSITYGW=$(CURDIR)/$(VERSITYGW) go test -p 1 -count=1 -timeout 40m -v ./test/...
-	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_DATASTORE=dqlite \
-		ROBUSTNESS_FAULTS=sigkill-leader,sigkill-follower,sigstop-leader,sigstop-follower,partition-follower,partition-leader,peer-delay-leader,peer-drop-leader \
-		go test -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_DATASTORE=dqlite go test -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
 
 test: lint unit e2e bench-quick
 

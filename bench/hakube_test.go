@@ -13,7 +13,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -21,19 +20,10 @@ import (
 	"github.com/hakube/hakube/test/harness"
 )
 
-func unixClient(t *testing.T, sock string) *clientv3.Client {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + sock}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
 // datastoreClient reaches s's member of the cluster's datastore from s's host.
 func datastoreClient(t *testing.T, c *harness.Cluster, s *harness.Server, kind string) *clientv3.Client {
 	if kind == "dqlite" {
-		return unixClient(t, filepath.Join(s.DataDir, "server", "dqlite.sock"))
+		return harness.SocketEtcdClient(t, s.DqliteSocket())
 	}
 	cli := c.EtcdClient(t, s)
 	t.Cleanup(func() { cli.Close() })
@@ -114,7 +104,7 @@ func startHakubeSQLite(t *testing.T, _ plan) *target {
 	began := time.Now()
 	s.Start()
 	cold := time.Since(began).Seconds()
-	cli := unixClient(t, filepath.Join(s.DataDir, "server", "kine.sock"))
+	cli := harness.SocketEtcdClient(t, filepath.Join(s.DataDir, "server", "kine.sock"))
 	return &target{name: hakubeSQLite, writer: cli, watcher: cli, kube: s, cold: []float64{cold}, procs: "1 server (control plane and datastore)",
 		pids: func() []int { return serverPids([]*harness.Server{s}) }}
 }

@@ -155,6 +155,18 @@ func (c *Cluster) EtcdClient(t testing.TB, s *Server) *clientv3.Client {
 	return cli
 }
 
+// SocketEtcdClient reaches an etcd API served on a unix socket (kine's, as a
+// Dqlite or SQLite server serves it to its apiserver); it is closed with the test.
+func SocketEtcdClient(t testing.TB, sock string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + sock}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
 // CheckHashesEqual checks that every member has the same KV hash at one revision.
 func (c *Cluster) CheckHashesEqual(t testing.TB) {
 	t.Helper()

@@ -346,6 +346,10 @@ func (s *Server) Client() *kubernetes.Clientset {
 	return cs
 }
 
+// DqliteSocket is where a Dqlite server serves the etcd API to its own
+// apiserver: a unix socket in its data dir, so a client needs no network.
+func (s *Server) DqliteSocket() string { return filepath.Join(s.DataDir, "server", "dqlite.sock") }
+
 // URL is the server's supervisor URL.
 func (s *Server) URL() string { return "https://" + net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
 

@@ -18,8 +18,13 @@ type kvClient struct {
 	cli  *clientv3.Client
 	keys []string
 	hist *lin.History
-	// last values read per key, so CAS has a fair chance to succeed.
+	// kine speaks only the request forms of kine's etcd API (Dqlite mode):
+	// create, update on a mod revision and delete transactions, no Put.
+	kine bool
+	// last values read per key, so CAS has a fair chance to succeed, and
+	// (kine) their mod revisions, which its updates compare instead.
 	seen map[string]string
+	rev  map[string]int64
 	seq  int
 	// counts
 	ok, failed int
@@ -27,7 +32,7 @@ type kvClient struct {
 
 func (c *kvClient) run(ctx context.Context) {
 	rng := rand.New(rand.NewPCG(uint64(c.id), uint64(time.Now().UnixNano())))
-	c.seen = map[string]string{}
+	c.seen, c.rev = map[string]string{}, map[string]int64{}
 	for ctx.Err() == nil {
 		key := c.keys[rng.IntN(len(c.keys))]
 		c.seq++
@@ -36,7 +41,7 @@ func (c *kvClient) run(ctx context.Context) {
 		switch r := rng.IntN(100); {
 		case r < 40:
 			in = lin.Input{Kind: lin.Get, Key: key}
-		case r < 65:
+		case r < 65 && !c.kine:
 			in = lin.Input{Kind: lin.Put, Key: key, Value: value}
 		case r < 90:
 			in = lin.Input{Kind: lin.CAS, Key: key, Expect: c.seen[key], Value: value}
@@ -55,30 +60,25 @@ func (c *kvClient) run(ctx context.Context) {
 
 // do runs one operation and records it; it reports whether it got an answer.
 func (c *kvClient) do(in lin.Input) bool {
-	octx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	call := c.hist.Now()
 	var out lin.Output
 	var err error
-	switch in.Kind {
-	case lin.Get:
+	switch {
+	case in.Kind == lin.Get:
 		var resp *clientv3.GetResponse
-		if resp, err = c.cli.Get(octx, in.Key); err == nil && len(resp.Kvs) > 0 {
-			out.Value = string(resp.Kvs[0].Value)
+		if resp, err = c.cli.Get(ctx, in.Key); err == nil {
+			c.know(in.Key, "", 0)
+			if len(resp.Kvs) > 0 {
+				out.Value = string(resp.Kvs[0].Value)
+				c.know(in.Key, out.Value, resp.Kvs[0].ModRevision)
+			}
 		}
-	case lin.Put:
-		_, err = c.cli.Put(octx, in.Key, in.Value)
-	case lin.Delete:
-		_, err = c.cli.Delete(octx, in.Key)
-	case lin.CAS:
-		cmp := clientv3.Compare(clientv3.Value(in.Key), "=", in.Expect)
-		if in.Expect == "" {
-			cmp = clientv3.Compare(clientv3.CreateRevision(in.Key), "=", 0)
-		}
-		var resp *clientv3.TxnResponse
-		if resp, err = c.cli.Txn(octx).If(cmp).Then(clientv3.OpPut(in.Key, in.Value)).Commit(); err == nil {
-			out.Succeeded = resp.Succeeded
-		}
+	case c.kine:
+		out.Succeeded, err = c.writeKine(ctx, in)
+	default:
+		out.Succeeded, err = c.writeEtcd(ctx, in)
 	}
 	ret := c.hist.Now()
 	if err != nil {
@@ -89,15 +89,71 @@ func (c *kvClient) do(in lin.Input) bool {
 		out, ret = lin.Output{Unknown: true}, lin.UnknownReturn
 	} else {
 		c.ok++
-		switch {
-		case in.Kind == lin.Get:
-			c.seen[in.Key] = out.Value
-		case in.Kind == lin.Put || (in.Kind == lin.CAS && out.Succeeded):
-			c.seen[in.Key] = in.Value
-		case in.Kind == lin.Delete:
-			c.seen[in.Key] = ""
-		}
 	}
 	c.hist.Add(porcupine.Operation{ClientId: c.id, Input: in, Call: call, Output: out, Return: ret})
 	return err == nil
+}
+
+// know records a key's value ("" when absent) and its mod revision.
+func (c *kvClient) know(key, value string, rev int64) { c.seen[key], c.rev[key] = value, rev }
+
+// writeEtcd runs a write on etcd's full API; for a CAS it reports whether the
+// comparison held.
+func (c *kvClient) writeEtcd(ctx context.Context, in lin.Input) (bool, error) {
+	switch in.Kind {
+	case lin.Put:
+		resp, err := c.cli.Put(ctx, in.Key, in.Value)
+		if err == nil {
+			c.know(in.Key, in.Value, resp.Header.Revision)
+		}
+		return false, err
+	case lin.Delete:
+		_, err := c.cli.Delete(ctx, in.Key)
+		if err == nil {
+			c.know(in.Key, "", 0)
+		}
+		return false, err
+	}
+	cmp := clientv3.Compare(clientv3.Value(in.Key), "=", in.Expect)
+	if in.Expect == "" {
+		cmp = clientv3.Compare(clientv3.CreateRevision(in.Key), "=", 0)
+	}
+	resp, err := c.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(in.Key, in.Value)).Commit()
+	if err != nil {
+		return false, err
+	}
+	if resp.Succeeded {
+		c.know(in.Key, in.Value, resp.Header.Revision)
+	}
+	return resp.Succeeded, nil
+}
+
+// writeKine runs a write in the forms the apiserver uses, the only ones kine's
+// etcd API takes: a CAS is a create when the key is expected absent, else an
+// update on the mod revision of the value expected (values are unique, so
+// they match exactly when the revisions do); a delete is unconditional.
+func (c *kvClient) writeKine(ctx context.Context, in lin.Input) (bool, error) {
+	if in.Kind == lin.Delete {
+		_, err := c.cli.Txn(ctx).Then(clientv3.OpGet(in.Key), clientv3.OpDelete(in.Key)).Commit()
+		if err == nil {
+			c.know(in.Key, "", 0)
+		}
+		return false, err
+	}
+	txn := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(in.Key), "=", c.rev[in.Key])).Then(clientv3.OpPut(in.Key, in.Value))
+	if in.Expect != "" {
+		txn = txn.Else(clientv3.OpGet(in.Key))
+	}
+	resp, err := txn.Commit()
+	if err != nil {
+		return false, err
+	}
+	if resp.Succeeded {
+		c.know(in.Key, in.Value, resp.Header.Revision)
+	} else if r := resp.Responses; len(r) == 1 && r[0].GetResponseRange() != nil && len(r[0].GetResponseRange().Kvs) == 1 {
+		// The value that failed the update: a hint for the next CAS, not an operation.
+		kv := r[0].GetResponseRange().Kvs[0]
+		c.know(in.Key, string(kv.Value), kv.ModRevision)
+	}
+	return resp.Succeeded, nil
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -157,16 +158,19 @@ func runScenario(t *testing.T, c *harness.Cluster, kind string, f Fault, iter in
 	defer stopWatchers()
 	var wg, watchWG sync.WaitGroup
 
-	// The etcd-API workload needs etcd's client port; Dqlite serves its etcd
-	// API on a private socket only, and its backend has its own porcupine test.
+	// One register client per member: on etcd through its client port, on
+	// Dqlite through the socket its apiserver uses (a file in the data dir, so
+	// the client stays up while the member's network is cut off).
 	var kvs []*kvClient
 	for i, s := range c.Servers {
-		if kind != "etcd" {
-			break
+		var cli *clientv3.Client
+		if kind == "dqlite" {
+			cli = harness.SocketEtcdClient(t, s.DqliteSocket())
+		} else {
+			cli = c.EtcdClient(t, s)
+			defer cli.Close()
 		}
-		cli := c.EtcdClient(t, s)
-		defer cli.Close()
-		kv := &kvClient{id: i, cli: cli, hist: hist}
+		kv := &kvClient{id: i, cli: cli, hist: hist, kine: kind == "dqlite"}
 		for k := range 4 {
 			kv.keys = append(kv.keys, fmt.Sprintf("/robustness/%s/k%d", label, k))
 		}
@@ -192,12 +196,9 @@ func runScenario(t *testing.T, c *harness.Cluster, kind string, f Fault, iter in
 		cs := s.Client()
 		wt := &watcher{label: label}
 		watchers = append(watchers, wt)
-		wg.Add(1)
+		wg.Add(2)
 		watchWG.Add(1)
-		if i < len(kvs) {
-			wg.Add(1)
-			go func() { defer wg.Done(); kvs[i].run(ctx) }()
-		}
+		go func() { defer wg.Done(); kvs[i].run(ctx) }()
 		go func() { defer wg.Done(); writers.run(ctx, i, cs) }()
 		go func() { defer watchWG.Done(); wt.run(watchCtx, cs, startRV) }()
 	}
