@@ -21,6 +21,13 @@ import (
 // Kind names a datastore implementation.
 type Kind string
 
+// RestoreRevisionBump moves the revision of a datastore restored from a
+// snapshot past any the old cluster could have reached, and the restore marks
+// it compacted: clients holding newer resource versions get "too old" and
+// relist, instead of waiting for a revision the restored data will reach with
+// other contents.
+const RestoreRevisionBump = 1_000_000_000
+
 // Datastore kinds.
 const (
 	SQLite       Kind = "sqlite"

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/test/harness"
 )
@@ -229,7 +230,12 @@ func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, ki
 			t.Fatalf("the restored server lists %d %s configmaps, want %d", got, prefix, want)
 		}
 	}
-	if _, err := fresh.Kubectl("create", "configmap", "after-restore"); err != nil {
+	// Resource versions go on past any the old cluster handed out.
+	out, err := fresh.Kubectl("create", "configmap", "after-restore", "-o", "jsonpath={.metadata.resourceVersion}")
+	if err != nil {
 		t.Fatalf("write after the restore: %v", err)
+	}
+	if rv, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64); err != nil || rv <= datastore.RestoreRevisionBump {
+		t.Fatalf("the first write after the restore has resource version %q, want one past %d", out, int64(datastore.RestoreRevisionBump))
 	}
 }

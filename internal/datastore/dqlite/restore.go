@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/hakube/hakube/internal/datastore"
 )
 
 // Staged is a copy of a Dqlite snapshot (a SQLite file of the state), checked
@@ -16,9 +18,10 @@ type Staged struct {
 	index uint64
 }
 
-// Stage copies the snapshot file beside the member's directory and checks it
-// is an intact SQLite database holding Dqlite state. The member's directory is
-// untouched.
+// Stage copies the snapshot file beside the member's directory, checks it is
+// an intact SQLite database holding Dqlite state, and moves its revision on by
+// datastore.RestoreRevisionBump, compacted, as etcd mode's restore does. The
+// member's directory is untouched.
 func Stage(dbDir, snapshotPath string) (*Staged, error) {
 	s := &Staged{path: Dir(dbDir) + ".restoring.db"}
 	if err := removeFiles(s.path); err != nil {
@@ -32,6 +35,9 @@ func Stage(dbDir, snapshotPath string) (*Staged, error) {
 		var res string
 		if err = st.db.QueryRow(`PRAGMA integrity_check`).Scan(&res); err == nil && res != "ok" {
 			err = fmt.Errorf("integrity check: %s", res)
+		}
+		if err == nil {
+			err = st.bumpRevision(datastore.RestoreRevisionBump)
 		}
 		s.index = st.index
 		if cerr := st.close(); err == nil {

@@ -1,6 +1,7 @@
 package dqlite
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -8,6 +9,10 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/k3s-io/kine/pkg/server"
+
+	"github.com/hakube/hakube/internal/datastore"
 )
 
 // TestRecoverAfterQuorumLossAndRestore: two of three members are lost; the
@@ -75,8 +80,16 @@ func TestRecoverAfterQuorumLossAndRestore(t *testing.T) {
 	if _, n, err := rb.Count(ctx, "/r/", "/r0", 0); err != nil || n != 51 {
 		t.Fatalf("restored member: %d keys (%v), want 51", n, err)
 	}
-	if _, err := rb.Create(ctx, "/r/after-restore", []byte("z"), 0); err != nil {
-		t.Fatalf("write after the restore: %v", err)
+	// Revisions go on past any the old cluster reached; older ones read as compacted.
+	rev, kv, err := rb.Get(ctx, "/r/07", 0, false)
+	if err != nil || kv == nil || rev < datastore.RestoreRevisionBump {
+		t.Fatalf("restored member: revision %d, /r/07 %v (%v), want a revision past %d", rev, kv, err, int64(datastore.RestoreRevisionBump))
+	}
+	if _, _, err := rb.Get(ctx, "/r/07", kv.ModRevision, false); !errors.Is(err, server.ErrCompacted) {
+		t.Fatalf("read at the snapshot's revision %d after the restore: %v, want compacted", kv.ModRevision, err)
+	}
+	if wrev, err := rb.Create(ctx, "/r/after-restore", []byte("z"), 0); err != nil || wrev != rev+1 {
+		t.Fatalf("write after the restore: revision %d (%v), want %d", wrev, err, rev+1)
 	}
 
 	// A file that is not SQLite is refused before anything is written.

@@ -372,6 +372,29 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 	return res, events, nil
 }
 
+// bumpRevision moves the revision on by n and compacts at it: reads and
+// watches at any older revision are refused as compacted. The next write
+// takes the revision after it; the history keeps its own revisions.
+func (s *store) bumpRevision(n int64) error {
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	rev := s.rev + n
+	for _, name := range []string{"rev", "compact"} {
+		if err := s.setMeta(ctx, tx, name, rev); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.rev, s.compact = rev, rev
+	return nil
+}
+
 // expired lists the live keys whose lease ran out at now.
 func (s *store) expired(ctx context.Context, q querier, now int64) ([]*row, error) {
 	rows, err := q.QueryContext(ctx, `SELECT `+columns+` FROM kv WHERE expires > 0 AND expires <= ? AND deleted = 0

@@ -12,14 +12,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/fsutil"
 )
-
-// revisionBump moves the revision of a restored member past any the old
-// cluster could have reached, and marks it compacted: clients holding newer
-// resource versions get "too old" and relist, instead of waiting for a
-// revision the restored data will reach with other contents.
-const revisionBump = 1_000_000_000
 
 // Staged is a member restored from a snapshot into a directory beside the
 // member's, not yet in place.
@@ -46,7 +41,7 @@ func Stage(cfg Config, snapshotPath string) (*Staged, error) {
 		PeerURLs:            []string{e.peerURL()},
 		InitialCluster:      name + "=" + e.peerURL(),
 		InitialClusterToken: "hakube",
-		RevisionBump:        revisionBump,
+		RevisionBump:        datastore.RestoreRevisionBump,
 		MarkCompacted:       true,
 	})
 	if err != nil {
