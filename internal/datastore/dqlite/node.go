@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -469,11 +470,14 @@ func (n *Node) expireLoop() {
 
 // membershipLoop notices this member's removal from the cluster. A member
 // that restarts from its state was a member: if its configuration no longer
-// holds it, it was removed before it stopped.
+// holds it, it was removed before it stopped. A member removed while it was
+// down still finds itself in its configuration but hears from no leader; after
+// a few leaderless ticks it asks the leader among its peers.
 func (n *Node) membershipLoop(wasMember bool) {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
+	leaderless := 0
 	for {
 		select {
 		case <-n.stop:
@@ -484,14 +488,48 @@ func (n *Node) membershipLoop(wasMember bool) {
 		if f.Error() != nil || len(f.Configuration().Servers) == 0 {
 			continue
 		}
-		in := false
-		for _, s := range f.Configuration().Servers {
-			in = in || s.ID == raft.ServerID(n.cfg.ID)
+		servers := f.Configuration().Servers
+		in := slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(n.cfg.ID) })
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			leaderless = 0
+		} else {
+			leaderless++
 		}
 		if in {
 			wasMember = true
-		} else if wasMember {
+		}
+		if (!in && wasMember) || (in && leaderless >= 3 && n.leaderDropped(servers)) {
 			n.removedOnce.Do(func() { close(n.removed) })
 		}
 	}
+}
+
+// leaderDropped reports whether the leader, found among the other servers of
+// this member's configuration, lists the cluster's members without this one.
+func (n *Node) leaderDropped(servers []raft.Server) bool {
+	// Bounded, and ended when the member stops.
+	rctx, rcancel := n.requestContext(context.Background())
+	defer rcancel()
+	for _, s := range servers {
+		if s.ID == raft.ServerID(n.cfg.ID) {
+			continue
+		}
+		var st status
+		ctx, cancel := context.WithTimeout(rctx, 2*time.Second)
+		err := n.call(ctx, string(s.Address), "GET", "/status", nil, &st)
+		cancel()
+		if err != nil || st.State != raft.Leader.String() {
+			continue
+		}
+		var members []Member
+		if err := n.call(rctx, string(s.Address), "GET", "/members", nil, &members); err != nil {
+			return false
+		}
+		dropped := !slices.ContainsFunc(members, func(m Member) bool { return m.ID == n.cfg.ID })
+		if dropped {
+			klog.Infof("dqlite: leader %s no longer lists this member: it was removed while it was down", st.ID)
+		}
+		return dropped
+	}
+	return false
 }

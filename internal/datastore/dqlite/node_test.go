@@ -417,3 +417,23 @@ func TestCommandEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberRemovedWhileDown: a member removed while it was stopped restarts
+// from a state that still lists it, so no leader ever contacts it; it learns
+// of its removal from the leader among its peers.
+func TestMemberRemovedWhileDown(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(3, nil)
+	down := 2
+	c.nodes[down].Stop()
+	c.nodes[down] = nil
+	if err := c.nodes[0].RemoveMember(ctxT(t), c.cfgs[down].ID); err != nil {
+		t.Fatalf("removing a stopped member: %v", err)
+	}
+	c.nodes[down] = c.start(c.cfgs[down])
+	select {
+	case <-c.nodes[down].Removed():
+	case <-time.After(30 * time.Second):
+		t.Fatal("a member removed while it was down did not notice its removal")
+	}
+}
