@@ -8,6 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"runtime/pprof"
+	"time"
 
 	"k8s.io/klog/v2"
 )
@@ -33,11 +36,19 @@ type Component interface {
 type Manager struct {
 	components []Component
 	started    []Component
+	// StopLimit bounds each component's Stop: a stop that hangs must not keep
+	// a server from exiting or restarting (it exits, or re-executes itself,
+	// right after, which ends what is left). Default DefaultStopLimit.
+	StopLimit time.Duration
 }
+
+// DefaultStopLimit is longer than any component's own shutdown bounds (the
+// apiserver drains for a few seconds, a datastore member bounds its requests).
+const DefaultStopLimit = 30 * time.Second
 
 // NewManager returns a manager for the given components, in start order.
 func NewManager(components ...Component) *Manager {
-	return &Manager{components: components}
+	return &Manager{components: components, StopLimit: DefaultStopLimit}
 }
 
 // Start initialises every component, then starts each and waits until it is ready
@@ -76,7 +87,7 @@ func (m *Manager) Stop() {
 		c := m.started[i]
 		started[c] = true
 		klog.Infof("stopping %s", c.Name())
-		if err := c.Stop(); err != nil {
+		if err := m.stop(c); err != nil {
 			klog.Errorf("stopping %s: %v", c.Name(), err)
 		}
 	}
@@ -86,4 +97,20 @@ func (m *Manager) Stop() {
 		}
 	}
 	m.started = nil
+}
+
+// stop stops c within the stop limit. When the limit passes it logs every
+// goroutine's stack (where the stop hangs) and gives up on c.
+func (m *Manager) stop(c Component) error {
+	done := make(chan error, 1)
+	go func() { done <- c.Stop() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(m.StopLimit):
+		klog.Errorf("stopping %s took over %s: going on without it; every goroutine's stack follows", c.Name(), m.StopLimit)
+		klog.Flush()
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
+		return fmt.Errorf("gave up after %s", m.StopLimit)
+	}
 }

@@ -57,8 +57,8 @@ const (
 )
 
 func openStore(path string) (*store, error) {
-	// The connection is single: SQLite serialises writers anyway, and readers
-	// in WAL mode use their own snapshot; more connections only help reads.
+	// Writes run one at a time under the FSM's lock; in WAL mode readers use their
+	// own snapshot, so more connections let reads run beside the writes.
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous=OFF&_busy_timeout=30000")
 	if err != nil {
 		return nil, err
