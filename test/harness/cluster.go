@@ -216,7 +216,9 @@ func (c *Cluster) CheckSameConfigMaps(t testing.TB, namespace string) {
 	var first map[string]string
 	for i, s := range c.Servers {
 		var got map[string]string
-		deadline := time.Now().Add(time.Minute)
+		// A server that restarts itself in place may take its stop limit (30 s)
+		// and a start to serve again.
+		deadline := time.Now().Add(2 * time.Minute)
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			l, err := s.Client().CoreV1().ConfigMaps(namespace).List(ctx, metav1.ListOptions{})

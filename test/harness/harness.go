@@ -147,6 +147,10 @@ func NewServer(t testing.TB, name string) *Server {
 		logPath:    filepath.Join(dir, "server.log"),
 	}
 	t.Cleanup(func() {
+		if s.Running() && t.Failed() {
+			// A goroutine dump in the log first: a server may be the failure.
+			s.signalAndWait(syscall.SIGQUIT, 10*time.Second)
+		}
 		if s.Running() {
 			s.Kill()
 		}
@@ -265,9 +269,16 @@ func (s *Server) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
 	select {
 	case <-s.done:
 	case <-time.After(timeout):
+		tail := s.LogTail(40)
+		// SIGQUIT makes Go dump every goroutine into the log: where it hangs.
+		_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-s.done:
+		case <-time.After(10 * time.Second):
+		}
 		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		<-s.done
-		s.t.Errorf("%s did not exit within %s of %v; the last lines of its log:\n%s", s.Name, timeout, sig, s.LogTail(40))
+		s.t.Errorf("%s did not exit within %s of %v (goroutine dump in %s); the last lines of its log before:\n%s", s.Name, timeout, sig, s.logPath, tail)
 	}
 	return s.ExitCode()
 }

@@ -133,6 +133,11 @@ func selectedFaults(t *testing.T, p *peerProxy, n int) []Fault {
 		return out
 	}
 	for _, name := range strings.Split(want, ",") {
+		// A run's label is the fault and the iteration: twice in one list, the
+		// second run would find the first one's objects and keys.
+		if slices.ContainsFunc(out, func(f Fault) bool { return f.Name == name }) {
+			t.Fatalf("ROBUSTNESS_FAULTS: %s is named twice; use ROBUSTNESS_ITER to repeat it", name)
+		}
 		i := slices.IndexFunc(all, func(f Fault) bool { return f.Name == name })
 		if i < 0 {
 			t.Fatalf("ROBUSTNESS_FAULTS: no fault called %q", name)
