@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hakube/hakube/internal/datastore/local"
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/status"
 )
@@ -23,7 +23,7 @@ func newClusterCommand() *cobra.Command {
 		Short: "Members (role, health, raft index and lag, database size and fragmentation) and how many servers the cluster can lose; exits 1 when unhealthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			kind, ms, err := local.Datastore{DataDir: *dataDir}.Members(cmd.Context())
+			kind, ms, err := local.Datastore{Layout: layout.New(*dataDir)}.Members(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -42,7 +42,7 @@ func newClusterCommand() *cobra.Command {
 			}
 			s := status.New(string(kind), members, leader)
 			if snapDir == "" {
-				snapDir = filepath.Join(*dataDir, "server", "db", "snapshots")
+				snapDir = layout.New(*dataDir).Snapshots()
 			}
 			if all, err := snapshot.Dir(snapDir).List(); err == nil && len(all) > 0 {
 				m := all[len(all)-1]

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/local"
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/server"
 )
 
@@ -34,7 +35,7 @@ func onServerCommand(use, short string) (*cobra.Command, *string) {
 
 func newEtcdCommand() *cobra.Command {
 	cmd, dataDir := onServerCommand("etcd", "Manage the embedded etcd or Dqlite cluster (run on a server; credentials come from --data-dir)")
-	localMember := func() local.Datastore { return local.Datastore{DataDir: *dataDir} }
+	localMember := func() local.Datastore { return local.Datastore{Layout: layout.New(*dataDir)} }
 	members := func(cmd *cobra.Command) ([]etcd.Member, error) {
 		_, ms, err := localMember().Members(cmd.Context())
 		return ms, err

@@ -3,7 +3,6 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hakube/hakube/internal/datastore/local"
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/snapshot"
 )
 
@@ -31,7 +31,7 @@ func newSnapshotCommand() *cobra.Command {
 		if dir != "" {
 			return snapshot.Dir(dir)
 		}
-		return snapshot.Dir(filepath.Join(*dataDir, "server", "db", "snapshots"))
+		return snapshot.Dir(layout.New(*dataDir).Snapshots())
 	}
 
 	var name string
@@ -45,7 +45,7 @@ func newSnapshotCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := snapshot.Take(cmd.Context(), local.Datastore{DataDir: *dataDir}, snapDir(), name, compress)
+			m, err := snapshot.Take(cmd.Context(), local.Datastore{Layout: layout.New(*dataDir)}, snapDir(), name, compress)
 			if err != nil {
 				return err
 			}

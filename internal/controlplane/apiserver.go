@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -25,8 +24,8 @@ import (
 // APIServerConfig configures kube-apiserver.
 type APIServerConfig struct {
 	TLSDir pki.Dir
-	// StateDir holds files the apiserver writes itself.
-	StateDir string
+	// CertDir is where the apiserver writes certificates of its own.
+	CertDir string
 	// Port is the loopback port the apiserver listens on; the supervisor fronts it.
 	Port          int
 	AdvertiseIP   net.IP
@@ -68,7 +67,7 @@ func (a *APIServer) args() []string {
 		"--authorization-mode=Node,RBAC",
 		"--bind-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(a.cfg.Port),
-		"--cert-dir=" + filepath.Join(a.cfg.StateDir, "tls", "temporary-certs"),
+		"--cert-dir=" + a.cfg.CertDir,
 		"--client-ca-file=" + t.Cert(pki.ClientCA),
 		"--enable-admission-plugins=NodeRestriction",
 		"--etcd-servers=" + strings.Join(ep.URLs, ","),

@@ -129,7 +129,7 @@ func resolveToken(c Config) (token.Token, error) {
 		given = string(b)
 	}
 	var stored *token.Token
-	path := TokenPath(c.DataDir)
+	path := c.layout().Token()
 	if b, err := os.ReadFile(path); err == nil {
 		t, err := token.Parse(string(b))
 		if err != nil {

@@ -19,7 +19,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/join"
-	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
 )
@@ -103,17 +103,20 @@ func NewConfig() Config {
 	}
 }
 
+// layout names the paths under the data dir.
+func (c Config) layout() layout.Layout { return layout.New(c.DataDir) }
+
 // snapshotDir is where scheduled snapshots go.
 func (c Config) snapshotDir() string {
 	if c.SnapshotDir != "" {
 		return c.SnapshotDir
 	}
-	return filepath.Join(c.serverDir(), "db", "snapshots")
+	return c.layout().Snapshots()
 }
 
 func (c Config) snapshotConfig() snapshot.SchedulerConfig {
 	return snapshot.SchedulerConfig{Schedule: c.SnapshotSchedule, Retention: c.SnapshotRetention,
-		Dir: snapshot.Dir(c.snapshotDir()), Server: local.Datastore{DataDir: c.DataDir}, S3: c.S3}
+		Dir: snapshot.Dir(c.snapshotDir()), Server: local.Datastore{Layout: c.layout()}, S3: c.S3}
 }
 
 // Validate checks every value and says which flag is wrong and how to fix it.
@@ -183,7 +186,7 @@ func (c Config) Validate() error {
 		if _, err := join.NewClient(c.Server, token.Token{}); err != nil {
 			add("%v", err)
 		}
-		if c.Token == "" && c.TokenFile == "" && !fsutil.Exists(TokenPath(c.DataDir)) {
+		if c.Token == "" && c.TokenFile == "" && !fsutil.Exists(c.layout().Token()) {
 			add("--server needs the cluster's token: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN (it is in <data-dir>/server/token on the first server)")
 		}
 	}
@@ -199,7 +202,7 @@ func (c Config) Validate() error {
 		case c.Datastore != "":
 			add("--cluster-reset keeps the datastore's kind; move it with --datastore afterwards, once the cluster runs")
 		}
-		if c.ClusterResetRestorePath != "" && c.Token == "" && c.TokenFile == "" && !fsutil.Exists(TokenPath(c.DataDir)) {
+		if c.ClusterResetRestorePath != "" && c.Token == "" && c.TokenFile == "" && !fsutil.Exists(c.layout().Token()) {
 			add("--cluster-reset-restore-path needs the token of the cluster the snapshot was taken of: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN")
 		}
 	}
@@ -252,8 +255,9 @@ func (c Config) validateDatastore() error {
 }
 
 // etcdMember configures this server's embedded etcd member.
-func (c Config) etcdMember(tlsDir pki.Dir, nodeName string, nodeIP net.IP) etcd.Config {
-	return etcd.Config{DBDir: filepath.Join(c.serverDir(), "db"), NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Args: c.EtcdArgs}
+func (c Config) etcdMember(nodeName string, nodeIP net.IP) etcd.Config {
+	l := c.layout()
+	return etcd.Config{Dir: l.Etcd(), NodeName: nodeName, NodeIP: nodeIP, TLSDir: l.TLS(), Args: c.EtcdArgs}
 }
 
 func (c Config) etcdConfig() external.Config {
@@ -267,9 +271,3 @@ func parseMode(s string) (os.FileMode, error) {
 	}
 	return os.FileMode(m), nil
 }
-
-// serverDir is <data-dir>/server.
-func (c Config) serverDir() string { return filepath.Join(c.DataDir, "server") }
-
-// TokenPath is where the server keeps its token.
-func TokenPath(dataDir string) string { return filepath.Join(dataDir, "server", "token") }

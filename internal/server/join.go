@@ -15,7 +15,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/join"
-	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/layout"
 )
 
 // joinCluster fetches the cluster's shared material through another server
@@ -26,8 +26,7 @@ import (
 // from local data, so a full cold restart needs no server first.
 type joinCluster struct {
 	client   *join.Client
-	tlsDir   pki.Dir
-	dbDir    string
+	layout   layout.Layout
 	nodeName string
 	critical bootstrap.Critical
 	target   *joiningDatastore
@@ -39,7 +38,7 @@ func (j *joinCluster) Ready(context.Context) error { return nil }
 func (j *joinCluster) Stop() error                 { return nil }
 
 func (j *joinCluster) Start(ctx context.Context) error {
-	_, err := j.tlsDir.ReadShared()
+	_, err := j.layout.TLS().ReadShared()
 	if kind, name := j.localMember(); kind != "" && err == nil {
 		return j.checkStillMember(ctx, kind, name)
 	}
@@ -94,7 +93,7 @@ func (j *joinCluster) join(ctx context.Context) error {
 	if m := mine.Mismatches(data.Critical); len(m) > 0 {
 		return bootstrap.MismatchError(m)
 	}
-	if _, err := j.tlsDir.WriteShared(data.Files); err != nil {
+	if _, err := j.layout.TLS().WriteShared(data.Files); err != nil {
 		return fmt.Errorf("writing the cluster's CAs: %w", err)
 	}
 	klog.Infof("join: bootstrap data fetched from %s", j.client.URL)
@@ -132,9 +131,9 @@ func (j *joinCluster) join(ctx context.Context) error {
 // data of, if any.
 func (j *joinCluster) localMember() (datastore.Kind, string) {
 	switch {
-	case etcd.HasData(j.dbDir):
-		return datastore.Etcd, etcd.MemberName(j.dbDir)
-	case dqlite.HasState(dqlite.Dir(j.dbDir)):
+	case etcd.HasData(j.layout.Etcd()):
+		return datastore.Etcd, etcd.MemberName(j.layout.Etcd())
+	case dqlite.HasState(j.layout.Dqlite()):
 		return datastore.Dqlite, j.nodeName
 	}
 	return "", ""
@@ -160,10 +159,7 @@ func (j *joinCluster) checkStillMember(ctx context.Context, kind datastore.Kind,
 		j.target.resume(kind)
 		return nil
 	}
-	dir := etcd.Dir(j.dbDir)
-	if kind == datastore.Dqlite {
-		dir = dqlite.Dir(j.dbDir)
-	}
+	dir := dataPaths(j.layout, kind)[0]
 	backup := dir + "-removed-" + time.Now().UTC().Format("20060102T150405Z")
 	if err := os.Rename(dir, backup); err != nil {
 		return err

@@ -14,26 +14,40 @@ import (
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
-	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/layout"
 )
 
 // copyPage is how many keys one read of the migration takes.
 const copyPage = 500
 
 // localKinds lists the embedded datastores that have data on this server.
-func localKinds(serverDir, dbDir string) []datastore.Kind {
+func localKinds(l layout.Layout) []datastore.Kind {
 	var kinds []datastore.Kind
-	if fsutil.Exists(kine.DBPath(serverDir)) {
+	if fsutil.Exists(l.SQLite()) {
 		kinds = append(kinds, datastore.SQLite)
 	}
-	if etcd.HasData(dbDir) {
+	if etcd.HasData(l.Etcd()) {
 		kinds = append(kinds, datastore.Etcd)
 	}
-	if dqlite.HasState(dqlite.Dir(dbDir)) {
+	if dqlite.HasState(l.Dqlite()) {
 		kinds = append(kinds, datastore.Dqlite)
 	}
 	return kinds
+}
+
+// dataPaths are the files and directories that hold this server's data of
+// an embedded datastore kind.
+func dataPaths(l layout.Layout, k datastore.Kind) []string {
+	switch k {
+	case datastore.Etcd:
+		return []string{l.Etcd()}
+	case datastore.Dqlite:
+		return []string{l.Dqlite()}
+	case datastore.SQLite:
+		return l.SQLiteFiles()
+	}
+	return nil
 }
 
 // planDatastore picks the embedded datastore a server that is not joining

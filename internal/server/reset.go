@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -17,8 +16,8 @@ import (
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
-	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
@@ -36,25 +35,20 @@ type clusterReset struct {
 	dqlite *dqlite.Staged
 }
 
-// resetMarker is the file a completed reset leaves until the server starts
-// without --cluster-reset.
-func resetMarker(dbDir string) string { return filepath.Join(dbDir, "cluster-reset-done") }
-
 // planReset checks that a reset can be done and, for a restore, does every
 // step that can fail before the server's data is touched: the snapshot is
 // checked and restored beside the data, and its bootstrap data decrypted
 // with the token. Only then is the old data moved aside and the cluster's
 // CAs written, so a failed restore leaves the server as it was.
-func planReset(cfg Config, tok token.Token, tlsDir pki.Dir, etcdCfg etcd.Config) (*clusterReset, error) {
-	serverDir := cfg.serverDir()
-	dbDir := filepath.Join(serverDir, "db")
-	r := &clusterReset{marker: resetMarker(dbDir)}
+func planReset(cfg Config, tok token.Token, etcdCfg etcd.Config) (*clusterReset, error) {
+	l := cfg.layout()
+	r := &clusterReset{marker: l.ResetMarker()}
 	if b, err := os.ReadFile(r.marker); err == nil {
 		return nil, fmt.Errorf("this server's cluster was already reset (%s, recorded in %s). Remove --cluster-reset from its "+
 			"command line and start it again; to reset once more on purpose, delete that file first",
 			strings.TrimSpace(string(b)), r.marker)
 	}
-	have := localKinds(serverDir, dbDir)
+	have := localKinds(l)
 	if cfg.ClusterResetRestorePath == "" {
 		if len(have) != 1 || (have[0] != datastore.Etcd && have[0] != datastore.Dqlite) {
 			return nil, fmt.Errorf("--cluster-reset needs this server's embedded etcd or Dqlite data, and it has %s; "+
@@ -69,10 +63,10 @@ func planReset(cfg Config, tok token.Token, tlsDir pki.Dir, etcdCfg etcd.Config)
 		return nil, err
 	}
 	r.from = path
-	if err := os.MkdirAll(dbDir, 0o700); err != nil {
+	if err := os.MkdirAll(l.DB(), 0o700); err != nil {
 		return nil, err
 	}
-	kind, plain, done, err := snapshot.Prepare(path, dbDir)
+	kind, plain, done, err := snapshot.Prepare(path, l.DB())
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +83,7 @@ func planReset(cfg Config, tok token.Token, tlsDir pki.Dir, etcdCfg etcd.Config)
 		}
 		get, discard, commit = s.Get, s.Discard, s.Commit
 	case datastore.Dqlite:
-		s, err := dqlite.Stage(dbDir, plain)
+		s, err := dqlite.Stage(l.Dqlite(), plain)
 		if err != nil {
 			return nil, err
 		}
@@ -97,10 +91,10 @@ func planReset(cfg Config, tok token.Token, tlsDir pki.Dir, etcdCfg etcd.Config)
 	}
 	data, err := snapshotBootstrap(get, tok)
 	if err == nil {
-		err = moveAside(serverDir, dbDir, have)
+		err = moveAside(l, have)
 	}
 	if err == nil {
-		_, err = tlsDir.WriteShared(data.Files)
+		_, err = l.TLS().WriteShared(data.Files)
 	}
 	if err == nil {
 		err = commit()
@@ -153,20 +147,10 @@ func snapshotBootstrap(get func(string) ([]byte, bool, error), tok token.Token) 
 }
 
 // moveAside keeps the data a restore replaces, beside where it was.
-func moveAside(serverDir, dbDir string, kinds []datastore.Kind) error {
+func moveAside(l layout.Layout, kinds []datastore.Kind) error {
 	suffix := "-before-restore-" + time.Now().UTC().Format("20060102T150405Z")
 	for _, k := range kinds {
-		var paths []string
-		switch k {
-		case datastore.Etcd:
-			paths = []string{etcd.Dir(dbDir)}
-		case datastore.Dqlite:
-			paths = []string{dqlite.Dir(dbDir)}
-		case datastore.SQLite:
-			p := kine.DBPath(serverDir)
-			paths = []string{p, p + "-wal", p + "-shm"}
-		}
-		for _, p := range paths {
+		for _, p := range dataPaths(l, k) {
 			if !fsutil.Exists(p) {
 				continue
 			}

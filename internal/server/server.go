@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -64,20 +63,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	serverDir := cfg.serverDir()
-	tlsDir := pki.Dir(filepath.Join(serverDir, "tls"))
-	credDir := filepath.Join(serverDir, "cred")
+	l := cfg.layout()
+	tlsDir := l.TLS()
 	apiPort := cfg.HTTPSPort + 1
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
-	dbDir := filepath.Join(serverDir, "db")
 	var reset *clusterReset
 	if cfg.ClusterReset {
-		if reset, err = planReset(cfg, tok, tlsDir, cfg.etcdMember(tlsDir, nodeName, nodeIP)); err != nil {
+		if reset, err = planReset(cfg, tok, cfg.etcdMember(nodeName, nodeIP)); err != nil {
 			return err
 		}
 	}
-	ds, mig, err := newDatastore(cfg, tlsDir, nodeName, nodeIP, reset)
+	ds, mig, err := newDatastore(cfg, nodeName, nodeIP, reset)
 	if err != nil {
 		return err
 	}
@@ -90,7 +87,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ds:        ds,
 		tlsDir:    tlsDir,
 		tok:       tok,
-		tokenPath: TokenPath(cfg.DataDir),
+		tokenPath: l.Token(),
 		critical:  critical,
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
@@ -100,11 +97,11 @@ func Run(ctx context.Context, cfg Config) error {
 				return err
 			}
 			for name, cert := range map[string]string{
-				"controller.kubeconfig": controlplane.ControllerCert,
-				"scheduler.kubeconfig":  controlplane.SchedulerCert,
-				"admin.kubeconfig":      controlplane.AdminCert,
+				"controller": controlplane.ControllerCert,
+				"scheduler":  controlplane.SchedulerCert,
+				"admin":      controlplane.AdminCert,
 			} {
-				if err := kubeconfig.Write(filepath.Join(credDir, name), kubeconfig.Config{
+				if err := kubeconfig.Write(l.Kubeconfig(name), kubeconfig.Config{
 					Server: apiURL, CAFile: tlsDir.Cert(pki.ServerCA),
 					CertFile: tlsDir.Cert(cert), KeyFile: tlsDir.Key(cert),
 				}, 0o600); err != nil {
@@ -124,16 +121,16 @@ func Run(ctx context.Context, cfg Config) error {
 		APIServerURL: apiURL,
 	})
 	api := controlplane.NewAPIServer(controlplane.APIServerConfig{
-		TLSDir: tlsDir, StateDir: serverDir, Port: apiPort, AdvertiseIP: advertiseIP,
+		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertiseIP: advertiseIP,
 		ServiceCIDR: cfg.ServiceCIDR, NodePortRange: "30000-32767", ClusterDomain: cfg.ClusterDomain,
 		Datastore: ds, ExtraArgs: flagArgs(cfg.KubeAPIServerArgs),
 	})
 	kcm := controlplane.NewControllerManager(controlplane.ControllerManagerConfig{
-		TLSDir: tlsDir, Kubeconfig: filepath.Join(credDir, "controller.kubeconfig"),
+		TLSDir: tlsDir, Kubeconfig: l.Kubeconfig("controller"),
 		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ExtraArgs: flagArgs(cfg.KubeControllerManagerArgs),
 	})
 	sched := controlplane.NewScheduler(controlplane.SchedulerConfig{
-		Kubeconfig: filepath.Join(credDir, "scheduler.kubeconfig"), ExtraArgs: flagArgs(cfg.KubeSchedulerArgs),
+		Kubeconfig: l.Kubeconfig("scheduler"), ExtraArgs: flagArgs(cfg.KubeSchedulerArgs),
 	})
 
 	joinSrv := &join.Server{
@@ -159,14 +156,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	joinSrv.Register(sup.Handle)
 
-	components := []component.Component{&dataDir{path: cfg.DataDir}}
+	components := []component.Component{&dataDir{layout: l}}
 	switch joining, isJoining := ds.(*joiningDatastore); {
 	case isJoining:
 		client, err := join.NewClient(cfg.Server, tok)
 		if err != nil {
 			return err
 		}
-		components = append(components, &joinCluster{client: client, tlsDir: tlsDir, dbDir: dbDir, nodeName: nodeName, critical: critical, target: joining}, ds)
+		components = append(components, &joinCluster{client: client, layout: l, nodeName: nodeName, critical: critical, target: joining}, ds)
 	case ds.Kind() == datastore.Etcd || ds.Kind() == datastore.Dqlite:
 		components = append(components, step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }), ds)
 	default:
@@ -237,13 +234,13 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("--write-kubeconfig: %w", err)
 		}
 	}
-	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, TokenPath(cfg.DataDir))
+	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, l.Token())
 	readyAt.Store(time.Now().UnixNano())
 	if reset != nil {
 		if err := reset.done(advertiseIP, cfg.HTTPSPort); err != nil {
 			return err
 		}
-	} else if err := os.Remove(resetMarker(dbDir)); err == nil {
+	} else if err := os.Remove(l.ResetMarker()); err == nil {
 		klog.Infof("started without --cluster-reset: a later reset is allowed again")
 	}
 
@@ -288,16 +285,17 @@ func outOfSpace(ds datastore.Datastore) bool {
 
 // newDatastore picks the datastore, and the migration that must fill it first
 // when this server's data is in a datastore of another kind.
-func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP, reset *clusterReset) (datastore.Datastore, *migration, error) {
-	serverDir := cfg.serverDir()
-	dbDir := filepath.Join(serverDir, "db")
-	dqliteCfg := dqlite.ComponentConfig{DBDir: dbDir, NodeName: nodeName, NodeIP: nodeIP, TLSDir: tlsDir, Bootstrap: cfg.ClusterInit}
-	etcdCfg := cfg.etcdMember(tlsDir, nodeName, nodeIP)
+func newDatastore(cfg Config, nodeName string, nodeIP net.IP, reset *clusterReset) (datastore.Datastore, *migration, error) {
+	l := cfg.layout()
+	dqliteCfg := dqlite.ComponentConfig{Dir: l.Dqlite(), Socket: l.DqliteSocket(), NodeName: nodeName, NodeIP: nodeIP, TLSDir: l.TLS(), Bootstrap: cfg.ClusterInit}
+	etcdCfg := cfg.etcdMember(nodeName, nodeIP)
+	kineCfg := kine.Config{Socket: l.KineSocket(), DBPath: l.SQLite()}
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
 		return external.New(cfg.etcdConfig()), nil, nil
 	case ep != "":
-		return kine.New(kine.Config{DataDir: serverDir, Endpoint: ep}), nil, nil
+		kineCfg.Endpoint = ep
+		return kine.New(kineCfg), nil, nil
 	case cfg.Server != "":
 		return &joiningDatastore{nodeIP: nodeIP, dqliteCfg: dqliteCfg, etcd: etcd.New(etcdCfg)}, nil, nil
 	case reset != nil:
@@ -311,7 +309,7 @@ func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP, re
 		}
 		return etcd.New(etcdCfg), nil, nil
 	}
-	target, source, err := planDatastore(cfg, localKinds(serverDir, dbDir))
+	target, source, err := planDatastore(cfg, localKinds(l))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -322,21 +320,18 @@ func newDatastore(cfg Config, tlsDir pki.Dir, nodeName string, nodeIP net.IP, re
 		case datastore.Dqlite:
 			return dqlite.New(dqliteCfg)
 		}
-		return kine.New(kine.Config{DataDir: serverDir})
+		return kine.New(kineCfg)
 	}
 	ds := open(target)
 	if source == "" {
 		return ds, nil, nil
 	}
-	m := &migration{kind: source, from: open(source)}
+	m := &migration{kind: source, from: open(source), files: dataPaths(l, source)}
 	switch source {
-	case datastore.SQLite:
-		p := kine.DBPath(serverDir)
-		m.files = []string{p, p + "-wal", p + "-shm"}
 	case datastore.Etcd:
-		m.self, m.files = etcd.MemberName(dbDir), []string{etcd.Dir(dbDir)}
+		m.self = etcd.MemberName(l.Etcd())
 	case datastore.Dqlite:
-		m.self, m.files = nodeName, []string{dqlite.Dir(dbDir)}
+		m.self = nodeName
 	}
 	return ds, m, nil
 }

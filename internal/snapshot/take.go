@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -54,7 +53,7 @@ func Take(ctx context.Context, l local.Datastore, dir Dir, prefix string, compre
 // etcdSelf is the local member's name; a learner is refused: it may miss
 // entries the cluster committed.
 func etcdSelf(ctx context.Context, cli *clientv3.Client, l local.Datastore) (string, error) {
-	name := etcd.MemberName(filepath.Join(l.DataDir, "server", "db"))
+	name := etcd.MemberName(l.Etcd())
 	resp, err := cli.MemberList(ctx)
 	if err != nil {
 		return "", err

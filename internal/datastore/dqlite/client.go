@@ -25,11 +25,11 @@ type Client struct {
 	hc   *http.Client
 }
 
-// LocalClient is a client of the member whose state is in dbDir/dqlite.
-func LocalClient(dbDir string, tlsDir pki.Dir) (*Client, error) {
-	b, err := os.ReadFile(filepath.Join(Dir(dbDir), addressFile))
+// LocalClient is a client of the member whose state is in dir.
+func LocalClient(dir string, tlsDir pki.Dir) (*Client, error) {
+	b, err := os.ReadFile(filepath.Join(dir, addressFile))
 	if err != nil {
-		return nil, fmt.Errorf("no Dqlite member address in %s (has the server started once?): %w", Dir(dbDir), err)
+		return nil, fmt.Errorf("no Dqlite member address in %s (has the server started once?): %w", dir, err)
 	}
 	_, clientTLS, err := peerTLS(Config{CAFile: tlsDir.Cert(pki.EtcdPeerCA), CertFile: tlsDir.Cert(PeerCert), KeyFile: tlsDir.Key(PeerCert)})
 	if err != nil {

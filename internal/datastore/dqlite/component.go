@@ -27,8 +27,9 @@ const DefaultPeerPort = 2382
 
 // ComponentConfig configures the Dqlite datastore of a server.
 type ComponentConfig struct {
-	// DBDir is <data-dir>/server/db; the member lives in DBDir/dqlite.
-	DBDir    string
+	// Dir holds the member's state; Socket is where it serves the etcd API.
+	Dir      string
+	Socket   string
 	NodeName string
 	NodeIP   net.IP
 	TLSDir   pki.Dir
@@ -42,9 +43,6 @@ type ComponentConfig struct {
 	RestoreFrom string
 	Reset       bool
 }
-
-// Dir is where a member's state lives.
-func Dir(dbDir string) string { return filepath.Join(dbDir, "dqlite") }
 
 // Datastore is the Dqlite member plus kine's etcd API on a private socket.
 type Datastore struct {
@@ -69,10 +67,6 @@ func (d *Datastore) Endpoint() datastore.Endpoint { return d.ep }
 // Node is the running member (nil before Start).
 func (d *Datastore) Node() *Node { return d.node }
 
-func (d *Datastore) socketPath() string {
-	return filepath.Join(filepath.Dir(d.cfg.DBDir), "dqlite.sock")
-}
-
 // Init checks that the peer port is free before anything is written.
 func (d *Datastore) Init(context.Context) error {
 	return netutil.CheckPortFree(d.cfg.NodeIP.String(), d.cfg.PeerPort, "the Dqlite peer port")
@@ -96,7 +90,7 @@ func (d *Datastore) Start(ctx context.Context) error {
 	}
 	addr := net.JoinHostPort(d.cfg.NodeIP.String(), strconv.Itoa(d.cfg.PeerPort))
 	nc := NewConfig()
-	nc.Dir, nc.ID, nc.Listen, nc.Advertise = Dir(d.cfg.DBDir), d.cfg.NodeName, addr, addr
+	nc.Dir, nc.ID, nc.Listen, nc.Advertise = d.cfg.Dir, d.cfg.NodeName, addr, addr
 	nc.CAFile, nc.CertFile, nc.KeyFile = t.Cert(pki.EtcdPeerCA), t.Cert(PeerCert), t.Key(PeerCert)
 	switch {
 	case HasState(nc.Dir):
@@ -114,7 +108,7 @@ func (d *Datastore) Start(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(nc.Dir, addressFile), []byte(addr+"\n"), 0o600); err != nil {
 		return err
 	}
-	sock := d.socketPath()
+	sock := d.cfg.Socket
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -18,12 +18,12 @@ type Staged struct {
 	index uint64
 }
 
-// Stage copies the snapshot file beside the member's directory, checks it is
+// Stage copies the snapshot file beside the member's directory dir, checks it is
 // an intact SQLite database holding Dqlite state, and moves its revision on by
 // datastore.RestoreRevisionBump, compacted, as etcd mode's restore does. The
 // member's directory is untouched.
-func Stage(dbDir, snapshotPath string) (*Staged, error) {
-	s := &Staged{path: Dir(dbDir) + ".restoring.db"}
+func Stage(dir, snapshotPath string) (*Staged, error) {
+	s := &Staged{path: dir + ".restoring.db"}
 	if err := removeFiles(s.path); err != nil {
 		return nil, err
 	}

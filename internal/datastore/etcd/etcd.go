@@ -39,8 +39,8 @@ const (
 
 // Config configures an embedded etcd member.
 type Config struct {
-	// DBDir is <data-dir>/server/db; the member lives in DBDir/etcd.
-	DBDir    string
+	// Dir holds the member's data.
+	Dir      string
 	NodeName string
 	NodeIP   net.IP
 	TLSDir   pki.Dir
@@ -77,15 +77,12 @@ func (c *Config) setDefaults() {
 // DefaultPeerPort carries the members' Raft traffic.
 const DefaultPeerPort = 2380
 
-// Dir is where the member's data lives.
-func Dir(dbDir string) string { return filepath.Join(dbDir, "etcd") }
+// HasData reports whether a member's data exists in dir.
+func HasData(dir string) bool { return fsutil.Exists(filepath.Join(dir, "member")) }
 
-// HasData reports whether a member's data exists in dbDir.
-func HasData(dbDir string) bool { return fsutil.Exists(filepath.Join(Dir(dbDir), "member")) }
-
-// MemberName returns the member name stored in dbDir, if any.
-func MemberName(dbDir string) string {
-	b, err := os.ReadFile(filepath.Join(Dir(dbDir), "name"))
+// MemberName returns the member name stored in dir, if any.
+func MemberName(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "name"))
 	if err != nil {
 		return ""
 	}
@@ -173,7 +170,7 @@ func (e *Etcd) Start(ctx context.Context) error {
 	if err := e.mintCerts(); err != nil {
 		return err
 	}
-	dir := Dir(e.cfg.DBDir)
+	dir := e.cfg.Dir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -204,8 +201,8 @@ func (e *Etcd) Start(ctx context.Context) error {
 	e.quota = cfg.QuotaBackendBytes
 
 	switch {
-	case HasData(e.cfg.DBDir):
-		e.name = MemberName(e.cfg.DBDir)
+	case HasData(e.cfg.Dir):
+		e.name = MemberName(e.cfg.Dir)
 		klog.Infof("etcd: restarting member %s from %s", e.name, dir)
 		if e.cfg.ForceNewCluster {
 			klog.Infof("etcd: making member %s the only member of its cluster, keeping its data", e.name)

@@ -29,7 +29,7 @@ type Staged struct {
 func Stage(cfg Config, snapshotPath string) (*Staged, error) {
 	cfg.setDefaults()
 	e := &Etcd{cfg: cfg}
-	s := &Staged{dir: Dir(cfg.DBDir) + ".restoring", target: Dir(cfg.DBDir)}
+	s := &Staged{dir: cfg.Dir + ".restoring", target: cfg.Dir}
 	if err := os.RemoveAll(s.dir); err != nil {
 		return nil, err
 	}

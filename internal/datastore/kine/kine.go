@@ -26,9 +26,9 @@ const maxSocketPath = 107
 
 // Config configures a kine datastore.
 type Config struct {
-	// DataDir is <data-dir>/server; the socket lives here, and the SQLite database
-	// under db/ when Endpoint is empty.
-	DataDir string
+	// Socket is where kine serves the etcd API; DBPath is the embedded SQLite
+	// database, used when Endpoint is empty.
+	Socket, DBPath string
 	// Endpoint is an external SQL URL (postgres://, mysql://, sqlite://); empty
 	// selects the embedded SQLite database.
 	Endpoint string
@@ -36,17 +36,13 @@ type Config struct {
 	ConnectTimeout time.Duration
 }
 
-// DBPath is where the embedded SQLite database lives.
-func DBPath(serverDir string) string { return filepath.Join(serverDir, "db", "state.db") }
-
 // Validate checks the configuration without touching anything.
 func (c Config) Validate() error {
-	if c.DataDir == "" {
-		return errors.New("data dir is required")
+	if c.Socket == "" || (c.Endpoint == "" && c.DBPath == "") {
+		return errors.New("the datastore socket and database paths are required")
 	}
-	if len(c.socketPath()) > maxSocketPath {
-		return fmt.Errorf("data dir %s is too long for the datastore socket (%d characters at most); choose a shorter --data-dir",
-			c.DataDir, maxSocketPath-len("/kine.sock"))
+	if len(c.Socket) > maxSocketPath {
+		return fmt.Errorf("the datastore socket %s is longer than %d characters; choose a shorter --data-dir", c.Socket, maxSocketPath)
 	}
 	if c.Endpoint == "" {
 		return nil
@@ -96,8 +92,6 @@ func redact(u *url.URL) string {
 	}
 	return c.String()
 }
-
-func (c Config) socketPath() string { return filepath.Join(c.DataDir, "kine.sock") }
 
 // Kine is a datastore component backed by kine.
 type Kine struct {
@@ -153,13 +147,12 @@ func (k *Kine) Init(ctx context.Context) error {
 func (k *Kine) Start(ctx context.Context) error {
 	ep := k.cfg.Endpoint
 	if ep == "" {
-		dbPath := DBPath(k.cfg.DataDir)
-		if err := os.MkdirAll(filepath.Dir(dbPath), 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Dir(k.cfg.DBPath), 0o700); err != nil {
 			return err
 		}
-		ep = "sqlite://" + dbPath + "?" + sqlite.DefaultParams
+		ep = "sqlite://" + k.cfg.DBPath + "?" + sqlite.DefaultParams
 	}
-	sock := k.cfg.socketPath()
+	sock := k.cfg.Socket
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -7,39 +7,34 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
-	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/layout"
 )
 
 // Datastore is the embedded datastore member of the server whose data
-// directory is DataDir: etcd or Dqlite.
-type Datastore struct{ DataDir string }
-
-// TLSDir holds the server's certificates.
-func (l Datastore) TLSDir() pki.Dir { return pki.Dir(filepath.Join(l.DataDir, "server", "tls")) }
+// directory this is: etcd or Dqlite.
+type Datastore struct{ layout.Layout }
 
 // Connect reaches the local etcd member with the server's client certificate.
 func (l Datastore) Connect() (*clientv3.Client, error) {
-	ep := etcd.LocalEndpoint(l.TLSDir(), 0)
+	ep := etcd.LocalEndpoint(l.TLS(), 0)
 	if _, err := os.Stat(ep.CertFile); err != nil {
-		return nil, fmt.Errorf("no etcd client certificate in %s: is this a server on embedded etcd or Dqlite, and is --data-dir right?", l.TLSDir())
+		return nil, fmt.Errorf("no etcd client certificate in %s: is this a server on embedded etcd or Dqlite, and is --data-dir right?", l.TLS())
 	}
 	return datastore.Client(ep)
 }
 
 // DqliteClient reaches the local Dqlite member, if the server runs on Dqlite.
 func (l Datastore) DqliteClient() (*dqlite.Client, bool, error) {
-	dbDir := filepath.Join(l.DataDir, "server", "db")
-	if !dqlite.HasState(dqlite.Dir(dbDir)) {
+	if !dqlite.HasState(l.Dqlite()) {
 		return nil, false, nil
 	}
-	c, err := dqlite.LocalClient(dbDir, l.TLSDir())
+	c, err := dqlite.LocalClient(l.Dqlite(), l.TLS())
 	return c, true, err
 }
 
