@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/grpclog"
 
-	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/server"
@@ -36,7 +36,7 @@ func onServerCommand(use, short string) (*cobra.Command, *string) {
 func newEtcdCommand() *cobra.Command {
 	cmd, dataDir := onServerCommand("etcd", "Manage the embedded etcd or Dqlite cluster (run on a server; credentials come from --data-dir)")
 	localMember := func() local.Datastore { return local.Datastore{Layout: layout.New(*dataDir)} }
-	members := func(cmd *cobra.Command) ([]etcd.Member, error) {
+	members := func(cmd *cobra.Command) ([]datastore.Member, error) {
 		_, ms, err := localMember().Members(cmd.Context())
 		return ms, err
 	}
@@ -76,26 +76,15 @@ func newEtcdCommand() *cobra.Command {
 		Short: "Remove a member (refused when the removal would lose quorum)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if dc, ok, err := localMember().DqliteClient(); ok {
-				if err == nil {
-					err = dc.Remove(cmd.Context(), args[0])
-				}
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", args[0])
-				return nil
-			}
-			cli, err := localMember().Connect()
+			_, m, close, err := localMember().Membership()
 			if err != nil {
 				return err
 			}
-			defer cli.Close()
-			m, err := etcd.RemoveMember(cmd.Context(), cli, args[0])
-			if err != nil {
+			defer close()
+			if err := m.RemoveMember(cmd.Context(), args[0]); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed member %s (%s). To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", m.Name, m.ID)
+			fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", args[0])
 			return nil
 		},
 	}

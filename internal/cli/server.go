@@ -2,13 +2,11 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 	"os"
-	"syscall"
 
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
+	"github.com/hakube/hakube/internal/runner"
 	"github.com/hakube/hakube/internal/server"
 )
 
@@ -38,16 +36,8 @@ order; without one a random token is generated and stored in
 				cfg.Token = firstEnv("HAKUBE_TOKEN", "K3S_TOKEN")
 			}
 			err := server.Run(cmd.Context(), cfg)
-			if errors.Is(err, server.ErrRestart) {
-				// Same arguments and environment, same process ID: to anything
-				// watching it the server just comes back.
-				exe, xerr := os.Executable()
-				if xerr == nil {
-					klog.Infof("restarting %s in place", exe)
-					klog.Flush()
-					xerr = syscall.Exec(exe, os.Args, os.Environ())
-				}
-				return fmt.Errorf("restarting in place: %w", xerr)
+			if errors.Is(err, runner.ErrRestart) {
+				return runner.Restart()
 			}
 			return err
 		},

@@ -1,7 +1,7 @@
-// Package component runs a server as an ordered list of components that share
-// one lifecycle: every component is initialised first (cheap checks that must
-// fail before anything is written), then each is started and awaited in order,
-// and they are stopped in reverse.
+// Package component runs a process as an ordered list of components that
+// share one lifecycle: every component is initialised first (cheap checks that
+// must fail before anything is written), then each is started and, if it has a
+// Ready step, awaited in order, and they are stopped in reverse.
 package component
 
 import (
@@ -15,7 +15,7 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Component is one part of a server.
+// Component is one part of a process.
 type Component interface {
 	// Name is used in logs and errors.
 	Name() string
@@ -26,10 +26,30 @@ type Component interface {
 	// start (a joining etcd member waits for its learner slot); waits for the
 	// component to serve belong in Ready.
 	Start(ctx context.Context) error
-	// Ready blocks until the component serves, fails, or ctx ends.
-	Ready(ctx context.Context) error
 	// Stop releases everything Start acquired; it is safe to call after a failed Start.
 	Stop() error
+}
+
+// Readier is a component that serves some time after Start returns: the
+// next component starts only once Ready does.
+type Readier interface {
+	// Ready blocks until the component serves, fails, or ctx ends.
+	Ready(ctx context.Context) error
+}
+
+// Failer is a component that can fail while it runs.
+type Failer interface {
+	// Failed is called once every component is ready; its channel yields
+	// the failure, if one comes.
+	Failed() <-chan error
+}
+
+// Ready waits for c if it has a Ready step.
+func Ready(ctx context.Context, c Component) error {
+	if r, ok := c.(Readier); ok {
+		return r.Ready(ctx)
+	}
+	return nil
 }
 
 // Manager runs components in order.
@@ -67,7 +87,7 @@ func (m *Manager) Start(ctx context.Context) error {
 			m.Stop()
 			return fmt.Errorf("starting %s: %w", c.Name(), err)
 		}
-		if err := c.Ready(ctx); err != nil {
+		if err := Ready(ctx, c); err != nil {
 			m.Stop()
 			if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
 				return fmt.Errorf("interrupted while waiting for %s", c.Name())

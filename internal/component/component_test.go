@@ -16,7 +16,6 @@ type fake struct {
 func (f *fake) Name() string                { return f.name }
 func (f *fake) Init(context.Context) error  { return nil }
 func (f *fake) Start(context.Context) error { return nil }
-func (f *fake) Ready(context.Context) error { return nil }
 func (f *fake) Stop() error {
 	if f.release != nil {
 		<-f.release

@@ -170,11 +170,15 @@ func (a *APIServer) adminHTTPClient() (*http.Client, error) {
 	}, nil
 }
 
-// Exited is closed if the apiserver stops; Err then says why.
-func (a *APIServer) Exited() <-chan struct{} { return a.run.done }
-
-// Err is why the apiserver stopped, once Exited is closed.
-func (a *APIServer) Err() error { return a.run.err }
+// Failed implements component.Failer: the apiserver fails if it stops.
+func (a *APIServer) Failed() <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		<-a.run.done
+		ch <- fmt.Errorf("stopped: %w", a.run.err)
+	}()
+	return ch
+}
 
 // Stop shuts the apiserver down gracefully.
 func (a *APIServer) Stop() error {

@@ -37,6 +37,11 @@ const (
 	Dqlite       Kind = "dqlite"
 )
 
+// Clustered reports whether the kind is an embedded datastore that servers
+// replicate among themselves (etcd, Dqlite): such a server holds the cluster's
+// CAs before its member starts, takes snapshots and serves metrics.
+func (k Kind) Clustered() bool { return k == Etcd || k == Dqlite }
+
 // Endpoint is how to reach a datastore through the etcd v3 API.
 type Endpoint struct {
 	URLs []string
@@ -50,6 +55,40 @@ type Datastore interface {
 	Kind() Kind
 	// Endpoint is valid once the datastore is ready.
 	Endpoint() Endpoint
+}
+
+// Member is one member of a clustered datastore, with what it reports of
+// itself. The JSON is what 'hakube etcd member list -o json' prints.
+type Member struct {
+	Name string `json:"name"`
+	// ID is etcd's member ID in hex (empty on Dqlite, whose members are named).
+	ID         string   `json:"id"`
+	PeerURLs   []string `json:"peerURLs"`
+	ClientURLs []string `json:"clientURLs"`
+	Learner    bool     `json:"learner"`
+	Leader     bool     `json:"leader"`
+	Healthy    bool     `json:"healthy"`
+	RaftIndex  uint64   `json:"raftIndex"`
+	DBSize     int64    `json:"dbSize"`
+	DBSizeUsed int64    `json:"dbSizeInUse"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// Membership is the membership of a clustered datastore, as one of its
+// members (or a client on its server) sees it.
+type Membership interface {
+	// Members lists the members, asking each for its status.
+	Members(ctx context.Context) ([]Member, error)
+	// RemoveMember removes the member called name, refusing when the healthy
+	// voters left would not form a quorum.
+	RemoveMember(ctx context.Context, name string) error
+}
+
+// NoSpaceReporter is a datastore that can run out of space and recover
+// when its server restarts (embedded etcd's quota).
+type NoSpaceReporter interface {
+	// NoSpace reports whether the datastore is, or just was, out of space.
+	NoSpace() bool
 }
 
 // Client returns an etcd client for ep. The caller closes it.

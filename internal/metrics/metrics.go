@@ -113,8 +113,6 @@ func (s *Server) Start(context.Context) error {
 	return nil
 }
 
-func (s *Server) Ready(context.Context) error { return nil }
-
 // Stop closes the listeners.
 func (s *Server) Stop() error {
 	if s.server == nil {

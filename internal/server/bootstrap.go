@@ -114,8 +114,7 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 	return data, err
 }
 
-func (b *clusterBootstrap) Ready(context.Context) error { return nil }
-func (b *clusterBootstrap) Stop() error                 { return nil }
+func (b *clusterBootstrap) Stop() error { return nil }
 
 // resolveToken picks the token: the one given, else the one stored in the data
 // dir, else a new random one. A given token must match the stored one.

@@ -53,8 +53,7 @@ func (d *dataDir) Start(context.Context) error {
 	return nil
 }
 
-func (d *dataDir) Ready(context.Context) error { return nil }
-func (d *dataDir) Stop() error                 { return nil }
+func (d *dataDir) Stop() error { return nil }
 
 // unwrapPath drops the path from a *fs.PathError, which the message already names.
 func unwrapPath(err error) error {

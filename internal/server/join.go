@@ -32,10 +32,9 @@ type joinCluster struct {
 	target   *joiningDatastore
 }
 
-func (j *joinCluster) Name() string                { return "join via " + j.client.URL }
-func (j *joinCluster) Init(context.Context) error  { return nil }
-func (j *joinCluster) Ready(context.Context) error { return nil }
-func (j *joinCluster) Stop() error                 { return nil }
+func (j *joinCluster) Name() string               { return "join via " + j.client.URL }
+func (j *joinCluster) Init(context.Context) error { return nil }
+func (j *joinCluster) Stop() error                { return nil }
 
 func (j *joinCluster) Start(ctx context.Context) error {
 	_, err := j.layout.TLS().ReadShared()

@@ -7,10 +7,10 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
-	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/netutil"
 )
 
@@ -54,7 +54,15 @@ func (j *joiningDatastore) Start(ctx context.Context) error {
 	return j.chosen.Start(ctx)
 }
 
-func (j *joiningDatastore) Ready(ctx context.Context) error { return j.chosen.Ready(ctx) }
+func (j *joiningDatastore) Ready(ctx context.Context) error { return component.Ready(ctx, j.chosen) }
+
+// Failed is the chosen datastore's.
+func (j *joiningDatastore) Failed() <-chan error {
+	if f, ok := j.chosen.(component.Failer); ok {
+		return f.Failed()
+	}
+	return nil
+}
 
 func (j *joiningDatastore) Stop() error {
 	if j.chosen == nil {
@@ -85,25 +93,13 @@ func (j *joiningDatastore) useDqlite(peerAddr string) {
 	j.chosen = dqlite.New(cfg)
 }
 
+
 // embedded is the datastore behind ds: the chosen one of a joining server.
 func embedded(ds datastore.Datastore) datastore.Datastore {
 	if j, ok := ds.(*joiningDatastore); ok && j.chosen != nil {
 		return j.chosen
 	}
 	return ds
-}
-
-// dqliteJoinMembers lists a Dqlite cluster's members to joiners.
-func dqliteJoinMembers(ctx context.Context, d *dqlite.Datastore) ([]join.Member, error) {
-	ms, err := d.Node().Members(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]join.Member, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, join.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter})
-	}
-	return out, nil
 }
 
 // peerAddress turns a member's peer URL into host:port.

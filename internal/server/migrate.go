@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
 
+	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
@@ -120,7 +121,7 @@ func (m *migration) run(ctx context.Context, to datastore.Datastore) error {
 	if err := m.from.Start(ctx); err != nil {
 		return err
 	}
-	if err := m.from.Ready(ctx); err != nil {
+	if err := component.Ready(ctx, m.from); err != nil {
 		return err
 	}
 	if err := m.removeOthers(ctx); err != nil {
@@ -163,52 +164,22 @@ func (m *migration) run(ctx context.Context, to datastore.Datastore) error {
 // removeOthers removes every other member of the source's cluster, members
 // that are down first, so that each removal keeps a quorum of healthy voters.
 func (m *migration) removeOthers(ctx context.Context) error {
-	// list names every member, those that are down first.
-	type member struct {
-		name    string
-		healthy bool
-	}
-	downFirst := func(ms []member) []string {
-		var up, down []string
-		for _, mem := range ms {
-			if mem.healthy {
-				up = append(up, mem.name)
-			} else {
-				down = append(down, mem.name)
-			}
-		}
-		return append(down, up...)
-	}
-	var list func(context.Context) ([]string, error)
-	var remove func(context.Context, string) error
-	switch s := m.from.(type) {
-	case *dqlite.Datastore:
-		list = func(ctx context.Context) ([]string, error) {
-			ms, err := s.Node().Members(ctx)
-			var out []member
-			for _, mem := range ms {
-				out = append(out, member{mem.ID, mem.Healthy})
-			}
-			return downFirst(out), err
-		}
-		remove = s.Node().RemoveMember
-	case *etcd.Etcd:
-		cli, err := datastore.Client(s.Endpoint())
-		if err != nil {
-			return err
-		}
-		defer cli.Close()
-		list = func(ctx context.Context) ([]string, error) {
-			ms, err := etcd.Members(ctx, cli)
-			var out []member
-			for _, mem := range ms {
-				out = append(out, member{mem.Name, mem.Healthy})
-			}
-			return downFirst(out), err
-		}
-		remove = func(ctx context.Context, name string) error { _, err := etcd.RemoveMember(ctx, cli, name); return err }
-	default:
+	ms, ok := m.from.(datastore.Membership)
+	if !ok {
 		return nil
+	}
+	// list names every member, those that are down first.
+	list := func(ctx context.Context) ([]string, error) {
+		all, err := ms.Members(ctx)
+		var up, down []string
+		for _, mem := range all {
+			if mem.Healthy {
+				up = append(up, mem.Name)
+			} else {
+				down = append(down, mem.Name)
+			}
+		}
+		return append(down, up...), err
 	}
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
@@ -221,7 +192,7 @@ func (m *migration) removeOthers(ctx context.Context) error {
 			klog.Infof("migrate: removing the other members of the %s cluster (%s) so that no write can be missed; "+
 				"they stop, and rejoin this server when started with --server", m.kind, strings.Join(others, ", "))
 			for _, name := range others {
-				if err = remove(ctx, name); err != nil {
+				if err = ms.RemoveMember(ctx, name); err != nil {
 					break
 				}
 				klog.Infof("migrate: removed %s", name)

@@ -2,14 +2,11 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -26,18 +23,13 @@ import (
 	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/metrics"
 	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/runner"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/supervisor"
 )
 
-// Run starts a server and blocks until ctx ends or the apiserver fails.
-// ErrRestart asks the caller to start the server again in a fresh process.
-var ErrRestart = errors.New("the server must restart")
-
-// restartAfter is how long a server must have been ready before a component
-// failure restarts it in place instead of ending it.
-const restartAfter = time.Minute
-
+// Run starts a server and blocks until ctx ends or a component fails; it
+// returns runner.ErrRestart when the server must restart in place.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -146,13 +138,12 @@ func Run(ctx context.Context, cfg Config) error {
 		},
 	}
 	joinSrv.Members = func(ctx context.Context) ([]join.Member, error) {
-		switch d := embedded(ds).(type) {
-		case *etcd.Etcd:
-			return listJoinMembers(ctx, ds.Endpoint())
-		case *dqlite.Datastore:
-			return dqliteJoinMembers(ctx, d)
+		m, ok := embedded(ds).(datastore.Membership)
+		if !ok {
+			return nil, nil
 		}
-		return nil, nil
+		ms, err := m.Members(ctx)
+		return joinMembers(ms), err
 	}
 	joinSrv.Register(sup.Handle)
 
@@ -164,7 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		components = append(components, &joinCluster{client: client, layout: l, nodeName: nodeName, critical: critical, target: joining}, ds)
-	case ds.Kind() == datastore.Etcd || ds.Kind() == datastore.Dqlite:
+	case ds.Kind().Clustered():
 		components = append(components, step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }), ds)
 	default:
 		components = append(components, ds)
@@ -173,7 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, sup, api, kcm, sched)
-	if k := ds.Kind(); k == datastore.Etcd || k == datastore.Dqlite {
+	if ds.Kind().Clustered() {
 		hosts := []string{"127.0.0.1"}
 		if cfg.ExposeMetrics {
 			hosts = append(hosts, nodeIP.String())
@@ -181,7 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, metrics.New(metrics.Config{Hosts: hosts, Port: metrics.DefaultPort, Pprof: cfg.EnablePprof,
 			Collectors: func() []prometheus.Collector {
 				cs := sup.Collectors()
-				if d, ok := embedded(ds).(*dqlite.Datastore); ok {
+				if d, ok := embedded(ds).(interface{ Collector() prometheus.Collector }); ok {
 					cs = append(cs, d.Collector())
 				}
 				return cs
@@ -190,97 +181,34 @@ func Run(ctx context.Context, cfg Config) error {
 			components = append(components, snapshot.NewScheduler(cfg.snapshotConfig()))
 		}
 	}
-	mgr := component.NewManager(components...)
-	if err := mgr.Start(ctx); err != nil {
-		return err
-	}
-	// The controller manager and scheduler end the process through klog when
-	// their leader election stops: during shutdown, as soon as the apiserver
-	// goes away; while running, when the datastore was too slow to renew their
-	// lease (10 s). Hold that exit during shutdown until the datastore is
-	// closed. While running, a server that has been up for a while restarts in
-	// place (the caller re-executes it) rather than leave a dead server behind;
-	// one that fails early exits, as upstream intends, instead of looping.
-	var stopping atomic.Bool
-	var readyAt atomic.Int64
-	restart := make(chan struct{}, 1)
-	klog.OsExit = func(code int) {
-		if stopping.Load() {
-			select {}
-		}
-		// A failure early on exits, unless the datastore ran out of space
-		// meanwhile: the restarted server recovers from that before it
-		// starts the components again.
-		if ready := readyAt.Load(); ready == 0 || (time.Since(time.Unix(0, ready)) < restartAfter && !outOfSpace(ds)) {
-			os.Exit(code)
-		}
-		select {
-		case restart <- struct{}{}:
-		default:
-		}
-		select {}
-	}
-	defer func() {
-		stopping.Store(true)
-		mgr.Stop()
-	}()
-
-	if cfg.WriteKubeconfig != "" {
-		mode, _ := parseMode(cfg.WriteKubeconfigMode)
-		if err := kubeconfig.Write(cfg.WriteKubeconfig, kubeconfig.Config{
-			Server: "https://127.0.0.1:" + strconv.Itoa(cfg.HTTPSPort), CAFile: tlsDir.Cert(pki.ServerCA),
-			CertFile: tlsDir.Cert(controlplane.AdminCert), KeyFile: tlsDir.Key(controlplane.AdminCert), Embed: true,
-		}, mode); err != nil {
-			return fmt.Errorf("--write-kubeconfig: %w", err)
-		}
-	}
-	klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, l.Token())
-	readyAt.Store(time.Now().UnixNano())
-	if reset != nil {
-		if err := reset.done(advertiseIP, cfg.HTTPSPort); err != nil {
-			return err
-		}
-	} else if err := os.Remove(l.ResetMarker()); err == nil {
-		klog.Infof("started without --cluster-reset: a later reset is allowed again")
-	}
-
-	var member *etcd.Etcd
-	var datastoreStopped, dqliteRemoved <-chan struct{}
-	var dqliteFatal <-chan error
-	switch d := embedded(ds).(type) {
-	case *etcd.Etcd:
-		member = d
-		datastoreStopped = d.Stopped()
-	case *dqlite.Datastore:
-		dqliteFatal, dqliteRemoved = d.Node().Fatal(), d.Node().Removed()
-	}
-	select {
-	case err := <-dqliteFatal:
-		return fmt.Errorf("the Dqlite member failed: %w", err)
-	case <-dqliteRemoved:
-		return dqlite.ErrRemoved
-	case <-ctx.Done():
-		klog.Infof("shutting down")
-		return nil
-	case <-api.Exited():
-		return fmt.Errorf("kube-apiserver stopped: %w", api.Err())
-	case <-restart:
-		klog.Errorf("a control-plane component exited (see above); stopping the server to restart it in place")
-		return ErrRestart
-	case <-datastoreStopped:
-		select {
-		case <-member.Removed():
-			return etcd.ErrRemoved
-		default:
-			return errors.New("the embedded etcd member stopped; see the log above")
-		}
-	}
-}
-
-// outOfSpace reports whether an embedded etcd is, or just was, out of space.
-func outOfSpace(ds datastore.Datastore) bool {
-	e, ok := embedded(ds).(*etcd.Etcd)
-	return ok && e.NoSpace()
+	return runner.Run(ctx, runner.Config{
+		Name:       "server",
+		Components: components,
+		// A datastore out of space recovers before the components start again.
+		RestartEarly: func() bool {
+			s, ok := embedded(ds).(datastore.NoSpaceReporter)
+			return ok && s.NoSpace()
+		},
+		OnReady: func() error {
+			if cfg.WriteKubeconfig != "" {
+				mode, _ := parseMode(cfg.WriteKubeconfigMode)
+				if err := kubeconfig.Write(cfg.WriteKubeconfig, kubeconfig.Config{
+					Server: "https://127.0.0.1:" + strconv.Itoa(cfg.HTTPSPort), CAFile: tlsDir.Cert(pki.ServerCA),
+					CertFile: tlsDir.Cert(controlplane.AdminCert), KeyFile: tlsDir.Key(controlplane.AdminCert), Embed: true,
+				}, mode); err != nil {
+					return fmt.Errorf("--write-kubeconfig: %w", err)
+				}
+			}
+			klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, l.Token())
+			if reset != nil {
+				return reset.done(advertiseIP, cfg.HTTPSPort)
+			}
+			if err := os.Remove(l.ResetMarker()); err == nil {
+				klog.Infof("started without --cluster-reset: a later reset is allowed again")
+			}
+			return nil
+		},
+	})
 }
 
 // newDatastore picks the datastore, and the migration that must fill it first
@@ -349,24 +277,15 @@ type stepComponent struct {
 func (s *stepComponent) Name() string                    { return s.name }
 func (s *stepComponent) Init(context.Context) error      { return nil }
 func (s *stepComponent) Start(ctx context.Context) error { return s.fn(ctx) }
-func (s *stepComponent) Ready(context.Context) error     { return nil }
 func (s *stepComponent) Stop() error                     { return nil }
 
-func listJoinMembers(ctx context.Context, ep datastore.Endpoint) ([]join.Member, error) {
-	cli, err := datastore.Client(ep)
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	ms, err := etcd.Members(ctx, cli)
-	if err != nil {
-		return nil, err
-	}
+// joinMembers is what a joiner learns of the members.
+func joinMembers(ms []datastore.Member) []join.Member {
 	out := make([]join.Member, 0, len(ms))
 	for _, m := range ms {
 		out = append(out, join.Member{Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, Learner: m.Learner})
 	}
-	return out, nil
+	return out
 }
 
 // flagArgs turns key=value pass-through values into --key=value flags.

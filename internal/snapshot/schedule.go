@@ -44,9 +44,8 @@ type Scheduler struct {
 // NewScheduler returns the component.
 func NewScheduler(cfg SchedulerConfig) *Scheduler { return &Scheduler{cfg: cfg} }
 
-func (s *Scheduler) Name() string                { return "scheduled snapshots" }
-func (s *Scheduler) Init(context.Context) error  { return s.cfg.Validate() }
-func (s *Scheduler) Ready(context.Context) error { return nil }
+func (s *Scheduler) Name() string               { return "scheduled snapshots" }
+func (s *Scheduler) Init(context.Context) error { return s.cfg.Validate() }
 
 func (s *Scheduler) Start(context.Context) error {
 	s.cron = cron.New()

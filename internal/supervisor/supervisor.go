@@ -159,9 +159,6 @@ func (s *Supervisor) Start(context.Context) error {
 	return nil
 }
 
-// Ready implements component.Component; the listener is already open.
-func (s *Supervisor) Ready(context.Context) error { return nil }
-
 // Stop closes the listener and waits briefly for requests in flight.
 func (s *Supervisor) Stop() error {
 	if s.server == nil {

@@ -23,7 +23,7 @@ import (
 
 	_ "github.com/mattn/go-sqlite3"
 
-	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/status"
 	"github.com/hakube/hakube/test/harness"
@@ -56,9 +56,9 @@ type cluster struct {
 
 func (c *cluster) in(t *testing.T) *cluster { return &cluster{Cluster: c.Cluster, t: t} }
 
-func (c *cluster) memberList(s *harness.Server) []etcd.Member { return c.Members(c.t, s) }
+func (c *cluster) memberList(s *harness.Server) []datastore.Member { return c.Members(c.t, s) }
 
-func (c *cluster) waitVoters(s *harness.Server, n int) []etcd.Member {
+func (c *cluster) waitVoters(s *harness.Server, n int) []datastore.Member {
 	return c.WaitVoters(c.t, s, n)
 }
 

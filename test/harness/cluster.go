@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/pki"
 )
@@ -54,13 +55,13 @@ func (c *Cluster) Form(t testing.TB) {
 }
 
 // Members runs 'hakube etcd member list' on s.
-func (c *Cluster) Members(t testing.TB, s *Server) []etcd.Member {
+func (c *Cluster) Members(t testing.TB, s *Server) []datastore.Member {
 	t.Helper()
 	out, code := s.Hakube("etcd", "member", "list", "-o", "json")
 	if code != 0 {
 		t.Fatalf("member list on %s: %s", s.Name, out)
 	}
-	var ms []etcd.Member
+	var ms []datastore.Member
 	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &ms); err != nil {
 		t.Fatalf("member list output: %v\n%s", err, out)
 	}
@@ -68,7 +69,7 @@ func (c *Cluster) Members(t testing.TB, s *Server) []etcd.Member {
 }
 
 // WaitVoters waits until n healthy voters and no learners are listed by s.
-func (c *Cluster) WaitVoters(t testing.TB, s *Server, n int) []etcd.Member {
+func (c *Cluster) WaitVoters(t testing.TB, s *Server, n int) []datastore.Member {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {

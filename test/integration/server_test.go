@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
@@ -41,7 +41,7 @@ func TestSingleServerLifecycleDqlite(t *testing.T) {
 	store := harness.StartS3(t, nil, "127.0.0.1", harness.FreePortPair(t))
 	testLifecycle(t, func(t *testing.T, s *harness.Server) {
 		out, code := s.Hakube("etcd", "member", "list", "-o", "json")
-		var ms []etcd.Member
+		var ms []datastore.Member
 		if code != 0 || json.Unmarshal([]byte(out[strings.Index(out, "["):]), &ms) != nil {
 			t.Fatalf("member list: exit %d\n%s", code, out)
 		}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/pki"
 )
 
@@ -38,16 +39,17 @@ func LocalClient(dir string, tlsDir pki.Dir) (*Client, error) {
 	return &Client{addr: strings.TrimSpace(string(b)), hc: rpcClient(clientTLS)}, nil
 }
 
-// Members lists the members as the local one sees them.
-func (c *Client) Members(ctx context.Context) ([]Member, error) {
+// Members implements datastore.Membership: the members as the local one sees them.
+func (c *Client) Members(ctx context.Context) ([]datastore.Member, error) {
 	var ms []Member
 	err := callRPC(ctx, c.hc, c.addr, "GET", "/members", nil, &ms)
-	return ms, err
+	return convertMembers(ms), err
 }
 
-// Remove removes a member through the leader, unless that loses the quorum;
-// it waits up to 15 s for an election under way.
-func (c *Client) Remove(ctx context.Context, id string) error {
+// RemoveMember implements datastore.Membership: it removes a member through
+// the leader, unless that loses the quorum; it waits up to 15 s for an
+// election under way.
+func (c *Client) RemoveMember(ctx context.Context, id string) error {
 	body, _ := json.Marshal(Member{ID: id})
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

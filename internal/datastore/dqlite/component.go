@@ -154,6 +154,34 @@ func (d *Datastore) Ready(ctx context.Context) error {
 	}
 }
 
+// Failed implements component.Failer: a member fails when applying an entry
+// failed, or when it learns it was removed from the cluster.
+func (d *Datastore) Failed() <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		select {
+		case err := <-d.node.Fatal():
+			ch <- fmt.Errorf("the Dqlite member failed: %w", err)
+		case <-d.node.Removed():
+			ch <- ErrRemoved
+		case <-d.node.stop:
+		}
+	}()
+	return ch
+}
+
+// Members implements datastore.Membership.
+func (d *Datastore) Members(ctx context.Context) ([]datastore.Member, error) {
+	ms, err := d.node.Members(ctx)
+	return convertMembers(ms), err
+}
+
+// RemoveMember implements datastore.Membership; the leader refuses a removal
+// that would lose the quorum.
+func (d *Datastore) RemoveMember(ctx context.Context, name string) error {
+	return d.node.RemoveMember(ctx, name)
+}
+
 // Stop stops serving, then the member.
 func (d *Datastore) Stop() error {
 	if d.grpc != nil {

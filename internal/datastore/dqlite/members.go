@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/datastore"
 )
 
 // Member is one member of the cluster as the CLI shows it.
@@ -23,6 +25,16 @@ type Member struct {
 	// DBSize is the SQLite state's size; DBFree its free pages' bytes.
 	DBSize int64 `json:"dbSize,omitempty"`
 	DBFree int64 `json:"dbFree,omitempty"`
+}
+
+// convertMembers turns members into the datastore's common terms.
+func convertMembers(ms []Member) []datastore.Member {
+	out := make([]datastore.Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, datastore.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter,
+			Leader: m.Leader, Healthy: m.Healthy, RaftIndex: m.Applied, DBSize: m.DBSize, DBSizeUsed: m.DBSize - m.DBFree})
+	}
+	return out
 }
 
 type status struct {

@@ -485,11 +485,16 @@ func (e *Etcd) warnEven(ctx context.Context, cli *clientv3.Client) {
 	}
 }
 
-// Removed is closed when etcd reports that this member was removed from the cluster.
-func (e *Etcd) Removed() <-chan struct{} { return e.removed }
-
-// Stopped is closed when the embedded etcd stops.
-func (e *Etcd) Stopped() <-chan struct{} { return e.etcd.Server.StopNotify() }
+// Failed implements component.Failer: it yields why the member stopped
+// (ErrRemoved when etcd reported this member removed from the cluster).
+func (e *Etcd) Failed() <-chan error {
+	stopped, ch := e.etcd.Server.StopNotify(), make(chan error, 1)
+	go func() {
+		<-stopped
+		ch <- e.stoppedError()
+	}()
+	return ch
+}
 
 func (e *Etcd) stoppedError() error {
 	select {

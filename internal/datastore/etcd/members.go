@@ -8,25 +8,44 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/hakube/hakube/internal/datastore"
 )
 
-// Member is one etcd member with what its own endpoint reports.
-type Member struct {
-	Name       string   `json:"name"`
-	ID         string   `json:"id"`
-	PeerURLs   []string `json:"peerURLs"`
-	ClientURLs []string `json:"clientURLs"`
-	Learner    bool     `json:"learner"`
-	Leader     bool     `json:"leader"`
-	Healthy    bool     `json:"healthy"`
-	RaftIndex  uint64   `json:"raftIndex"`
-	DBSize     int64    `json:"dbSize"`
-	DBSizeUsed int64    `json:"dbSizeInUse"`
-	Error      string   `json:"error,omitempty"`
+// Membership is the membership of the cluster an etcd client reaches.
+type Membership struct{ Client *clientv3.Client }
+
+// Members implements datastore.Membership.
+func (m Membership) Members(ctx context.Context) ([]datastore.Member, error) { return Members(ctx, m.Client) }
+
+// RemoveMember implements datastore.Membership.
+func (m Membership) RemoveMember(ctx context.Context, name string) error {
+	_, err := RemoveMember(ctx, m.Client, name)
+	return err
+}
+
+// Members implements datastore.Membership through the member's own endpoint.
+func (e *Etcd) Members(ctx context.Context) ([]datastore.Member, error) {
+	cli, err := datastore.Client(e.Endpoint())
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	return Members(ctx, cli)
+}
+
+// RemoveMember implements datastore.Membership through the member's own endpoint.
+func (e *Etcd) RemoveMember(ctx context.Context, name string) error {
+	cli, err := datastore.Client(e.Endpoint())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	return Membership{cli}.RemoveMember(ctx, name)
 }
 
 // Members lists the cluster's members, asking each for its status.
-func Members(ctx context.Context, cli *clientv3.Client) ([]Member, error) {
+func Members(ctx context.Context, cli *clientv3.Client) ([]datastore.Member, error) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := cli.MemberList(lctx)
@@ -34,9 +53,9 @@ func Members(ctx context.Context, cli *clientv3.Client) ([]Member, error) {
 		return nil, fmt.Errorf("listing etcd members: %w", err)
 	}
 	var leader uint64
-	out := make([]Member, 0, len(resp.Members))
+	out := make([]datastore.Member, 0, len(resp.Members))
 	for _, m := range resp.Members {
-		mem := Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, Learner: m.IsLearner}
+		mem := datastore.Member{Name: m.Name, ID: fmt.Sprintf("%x", m.ID), PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, Learner: m.IsLearner}
 		if len(m.ClientURLs) == 0 {
 			mem.Error = "not started"
 		} else {
@@ -67,12 +86,12 @@ var ErrWouldLoseQuorum = errors.New("would lose quorum")
 
 // RemoveMember removes the member called name, refusing when the healthy voters
 // left would not form a quorum of the remaining cluster.
-func RemoveMember(ctx context.Context, cli *clientv3.Client, name string) (Member, error) {
+func RemoveMember(ctx context.Context, cli *clientv3.Client, name string) (datastore.Member, error) {
 	members, err := Members(ctx, cli)
 	if err != nil {
-		return Member{}, err
+		return datastore.Member{}, err
 	}
-	var target *Member
+	var target *datastore.Member
 	voters, healthyOthers := 0, 0
 	for i, m := range members {
 		if m.Name == name || m.ID == name {
@@ -91,25 +110,25 @@ func RemoveMember(ctx context.Context, cli *clientv3.Client, name string) (Membe
 		for _, m := range members {
 			names = append(names, m.Name)
 		}
-		return Member{}, fmt.Errorf("no member named %q; members are %v", name, names)
+		return datastore.Member{}, fmt.Errorf("no member named %q; members are %v", name, names)
 	}
 	if !target.Learner {
 		if voters == 0 {
-			return Member{}, fmt.Errorf("refusing to remove %s: it is the only voting member (%w)", name, ErrWouldLoseQuorum)
+			return datastore.Member{}, fmt.Errorf("refusing to remove %s: it is the only voting member (%w)", name, ErrWouldLoseQuorum)
 		}
 		if quorum := voters/2 + 1; healthyOthers < quorum {
-			return Member{}, fmt.Errorf("refusing to remove %s: the %d remaining voters need %d healthy for a quorum but only %d are healthy (%w); bring the others back first",
+			return datastore.Member{}, fmt.Errorf("refusing to remove %s: the %d remaining voters need %d healthy for a quorum but only %d are healthy (%w); bring the others back first",
 				name, voters, quorum, healthyOthers, ErrWouldLoseQuorum)
 		}
 	}
 	var id uint64
 	if _, err := fmt.Sscanf(target.ID, "%x", &id); err != nil {
-		return Member{}, err
+		return datastore.Member{}, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := cli.MemberRemove(rctx, id); err != nil {
-		return Member{}, fmt.Errorf("removing %s: %w", name, err)
+		return datastore.Member{}, fmt.Errorf("removing %s: %w", name, err)
 	}
 	return *target, nil
 }

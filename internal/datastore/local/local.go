@@ -38,25 +38,26 @@ func (l Datastore) DqliteClient() (*dqlite.Client, bool, error) {
 	return c, true, err
 }
 
-// Members lists the cluster's members in etcd's terms, and the datastore kind.
-func (l Datastore) Members(ctx context.Context) (datastore.Kind, []etcd.Member, error) {
+// Membership reaches the membership of the local member's cluster, and
+// says which kind it is; close releases it.
+func (l Datastore) Membership() (kind datastore.Kind, m datastore.Membership, close func(), err error) {
 	if dc, ok, err := l.DqliteClient(); ok {
-		if err != nil {
-			return datastore.Dqlite, nil, err
-		}
-		ms, err := dc.Members(ctx)
-		out := make([]etcd.Member, 0, len(ms))
-		for _, m := range ms {
-			out = append(out, etcd.Member{Name: m.ID, PeerURLs: []string{"https://" + m.Address}, Learner: !m.Voter,
-				Leader: m.Leader, Healthy: m.Healthy, RaftIndex: m.Applied, DBSize: m.DBSize, DBSizeUsed: m.DBSize - m.DBFree})
-		}
-		return datastore.Dqlite, out, err
+		return datastore.Dqlite, dc, func() {}, err
 	}
 	cli, err := l.Connect()
 	if err != nil {
-		return datastore.Etcd, nil, err
+		return datastore.Etcd, nil, nil, err
 	}
-	defer cli.Close()
-	ms, err := etcd.Members(ctx, cli)
-	return datastore.Etcd, ms, err
+	return datastore.Etcd, etcd.Membership{Client: cli}, func() { cli.Close() }, nil
+}
+
+// Members lists the cluster's members, and the datastore kind.
+func (l Datastore) Members(ctx context.Context) (datastore.Kind, []datastore.Member, error) {
+	kind, m, close, err := l.Membership()
+	if err != nil {
+		return kind, nil, err
+	}
+	defer close()
+	ms, err := m.Members(ctx)
+	return kind, ms, err
 }
