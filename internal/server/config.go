@@ -18,6 +18,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore/kine"
 	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/identity"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/snapshot"
@@ -255,9 +256,9 @@ func (c Config) validateDatastore() error {
 }
 
 // etcdMember configures this server's embedded etcd member.
-func (c Config) etcdMember(nodeName string, nodeIP net.IP) etcd.Config {
-	l := c.layout()
-	return etcd.Config{Dir: l.Etcd(), NodeName: nodeName, NodeIP: nodeIP, TLSDir: l.TLS(), Args: c.EtcdArgs}
+func (c Config) etcdMember(id identity.Identity) etcd.Config {
+	l := id.Layout
+	return etcd.Config{Dir: l.Etcd(), NodeName: id.Name, NodeIP: id.IP, TLSDir: l.TLS(), Args: c.EtcdArgs}
 }
 
 func (c Config) etcdConfig() external.Config {

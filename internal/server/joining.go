@@ -93,7 +93,6 @@ func (j *joiningDatastore) useDqlite(peerAddr string) {
 	j.chosen = dqlite.New(cfg)
 }
 
-
 // embedded is the datastore behind ds: the chosen one of a joining server.
 func embedded(ds datastore.Datastore) datastore.Datastore {
 	if j, ok := ds.(*joiningDatastore); ok && j.chosen != nil {

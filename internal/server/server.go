@@ -19,6 +19,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/external"
 	"github.com/hakube/hakube/internal/datastore/kine"
+	"github.com/hakube/hakube/internal/identity"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/metrics"
@@ -38,15 +39,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	nodeIP, err := resolveNodeIP(cfg.NodeIP)
-	if err != nil {
-		return err
-	}
-	advertiseIP := nodeIP
-	if cfg.AdvertiseAddress != "" {
-		advertiseIP = net.ParseIP(cfg.AdvertiseAddress)
-	}
-	nodeName, err := resolveNodeName(cfg.NodeName)
+	id, err := identity.Resolve(cfg.NodeName, cfg.NodeIP, cfg.AdvertiseAddress, cfg.layout(), tok)
 	if err != nil {
 		return err
 	}
@@ -55,18 +48,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	l := cfg.layout()
+	l := id.Layout
 	tlsDir := l.TLS()
 	apiPort := cfg.HTTPSPort + 1
 	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
 	var reset *clusterReset
 	if cfg.ClusterReset {
-		if reset, err = planReset(cfg, tok, cfg.etcdMember(nodeName, nodeIP)); err != nil {
+		if reset, err = planReset(cfg, tok, cfg.etcdMember(id)); err != nil {
 			return err
 		}
 	}
-	ds, mig, err := newDatastore(cfg, nodeName, nodeIP, reset)
+	ds, mig, err := newDatastore(cfg, id, reset)
 	if err != nil {
 		return err
 	}
@@ -83,7 +76,7 @@ func Run(ctx context.Context, cfg Config) error {
 		critical:  critical,
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
-				TLSDir: tlsDir, NodeName: nodeName, NodeIP: nodeIP, AdvertiseIP: advertiseIP,
+				TLSDir: tlsDir, NodeName: id.Name, NodeIP: id.IP, AdvertiseIP: id.AdvertiseIP,
 				ServiceIP: serviceIP, ClusterDomain: cfg.ClusterDomain, SANs: cfg.TLSSANs,
 			}); err != nil {
 				return err
@@ -113,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 		APIServerURL: apiURL,
 	})
 	api := controlplane.NewAPIServer(controlplane.APIServerConfig{
-		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertiseIP: advertiseIP,
+		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertiseIP: id.AdvertiseIP,
 		ServiceCIDR: cfg.ServiceCIDR, NodePortRange: "30000-32767", ClusterDomain: cfg.ClusterDomain,
 		Datastore: ds, ExtraArgs: flagArgs(cfg.KubeAPIServerArgs),
 	})
@@ -154,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		components = append(components, &joinCluster{client: client, layout: l, nodeName: nodeName, critical: critical, target: joining}, ds)
+		components = append(components, &joinCluster{client: client, layout: l, nodeName: id.Name, critical: critical, target: joining}, ds)
 	case ds.Kind().Clustered():
 		components = append(components, step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }), ds)
 	default:
@@ -167,7 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if ds.Kind().Clustered() {
 		hosts := []string{"127.0.0.1"}
 		if cfg.ExposeMetrics {
-			hosts = append(hosts, nodeIP.String())
+			hosts = append(hosts, id.IP.String())
 		}
 		components = append(components, metrics.New(metrics.Config{Hosts: hosts, Port: metrics.DefaultPort, Pprof: cfg.EnablePprof,
 			Collectors: func() []prometheus.Collector {
@@ -201,7 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			klog.Infof("hakube is ready: kubeconfig at %s, token at %s", cfg.WriteKubeconfig, l.Token())
 			if reset != nil {
-				return reset.done(advertiseIP, cfg.HTTPSPort)
+				return reset.done(id.AdvertiseIP, cfg.HTTPSPort)
 			}
 			if err := os.Remove(l.ResetMarker()); err == nil {
 				klog.Infof("started without --cluster-reset: a later reset is allowed again")
@@ -213,10 +206,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 // newDatastore picks the datastore, and the migration that must fill it first
 // when this server's data is in a datastore of another kind.
-func newDatastore(cfg Config, nodeName string, nodeIP net.IP, reset *clusterReset) (datastore.Datastore, *migration, error) {
-	l := cfg.layout()
-	dqliteCfg := dqlite.ComponentConfig{Dir: l.Dqlite(), Socket: l.DqliteSocket(), NodeName: nodeName, NodeIP: nodeIP, TLSDir: l.TLS(), Bootstrap: cfg.ClusterInit}
-	etcdCfg := cfg.etcdMember(nodeName, nodeIP)
+func newDatastore(cfg Config, id identity.Identity, reset *clusterReset) (datastore.Datastore, *migration, error) {
+	l := id.Layout
+	dqliteCfg := dqlite.ComponentConfig{Dir: l.Dqlite(), Socket: l.DqliteSocket(), NodeName: id.Name, NodeIP: id.IP, TLSDir: l.TLS(), Bootstrap: cfg.ClusterInit}
+	etcdCfg := cfg.etcdMember(id)
 	kineCfg := kine.Config{Socket: l.KineSocket(), DBPath: l.SQLite()}
 	switch ep := cfg.DatastoreEndpoint; {
 	case external.IsEtcdURL(ep):
@@ -225,7 +218,7 @@ func newDatastore(cfg Config, nodeName string, nodeIP net.IP, reset *clusterRese
 		kineCfg.Endpoint = ep
 		return kine.New(kineCfg), nil, nil
 	case cfg.Server != "":
-		return &joiningDatastore{nodeIP: nodeIP, dqliteCfg: dqliteCfg, etcd: etcd.New(etcdCfg)}, nil, nil
+		return &joiningDatastore{nodeIP: id.IP, dqliteCfg: dqliteCfg, etcd: etcd.New(etcdCfg)}, nil, nil
 	case reset != nil:
 		// A restored member is alone already; one keeping its data is made so.
 		etcdCfg.ForceNewCluster, dqliteCfg.Reset = reset.from == "", reset.from == ""
@@ -259,7 +252,7 @@ func newDatastore(cfg Config, nodeName string, nodeIP net.IP, reset *clusterRese
 	case datastore.Etcd:
 		m.self = etcd.MemberName(l.Etcd())
 	case datastore.Dqlite:
-		m.self = nodeName
+		m.self = id.Name
 	}
 	return ds, m, nil
 }
@@ -295,17 +288,6 @@ func flagArgs(kvs []string) []string {
 		out = append(out, "--"+strings.TrimPrefix(kv, "--"))
 	}
 	return out
-}
-
-func resolveNodeName(name string) (string, error) {
-	if name != "" {
-		return name, nil
-	}
-	h, err := os.Hostname()
-	if err != nil {
-		return "", fmt.Errorf("cannot read the hostname (%v); pass --node-name", err)
-	}
-	return strings.ToLower(h), nil
 }
 
 func firstIP(cidr string) (net.IP, error) {

@@ -16,7 +16,9 @@ import (
 type Membership struct{ Client *clientv3.Client }
 
 // Members implements datastore.Membership.
-func (m Membership) Members(ctx context.Context) ([]datastore.Member, error) { return Members(ctx, m.Client) }
+func (m Membership) Members(ctx context.Context) ([]datastore.Member, error) {
+	return Members(ctx, m.Client)
+}
 
 // RemoveMember implements datastore.Membership.
 func (m Membership) RemoveMember(ctx context.Context, name string) error {
