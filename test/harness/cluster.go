@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -139,7 +138,7 @@ func (c *Cluster) EtcdClient(t testing.TB, s *Server) *clientv3.Client {
 	t.Helper()
 	h := c.HostOf(s)
 	h.CheckRoute(t, h.IP)
-	tlsDir := pki.Dir(filepath.Join(s.DataDir, "server", "tls"))
+	tlsDir := s.Layout().TLS()
 	info := transport.TLSInfo{TrustedCAFile: tlsDir.Cert(pki.EtcdServerCA), CertFile: tlsDir.Cert(etcd.ClientCert), KeyFile: tlsDir.Key(etcd.ClientCert)}
 	tlsCfg, err := info.ClientConfig()
 	if err != nil {

@@ -1,5 +1,6 @@
-// Package harness starts real hakube server processes for integration and
-// multi-host tests, and talks to them with client-go and the real kubectl.
+// Package harness starts real hakube processes (and the PostgreSQL and S3
+// servers some tests use) for integration and multi-host tests, and talks to
+// them with client-go and the real kubectl.
 package harness
 
 import (
@@ -15,12 +16,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/hakube/hakube/internal/layout"
 )
 
 var (
@@ -109,29 +111,16 @@ func ephemeralLow() int {
 	return n
 }
 
-// Server is one hakube server process.
+// Server is a hakube process of the server role.
 type Server struct {
-	t          testing.TB
-	Name       string
+	*Process
 	DataDir    string
 	Kubeconfig string
 	Port       int
-	// Args are passed to every start, before per-start arguments.
-	Args []string
-	// Wrap prefixes the command, e.g. "ip netns exec host1".
-	Wrap []string
-	// Env is added to the environment of every start.
-	Env []string
 	// Host is the address clients use to reach the supervisor.
 	Host string
 	// Dial, when set, is how test clients connect (e.g. from inside a namespace).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-
-	cmd     *exec.Cmd
-	logPath string
-	logFrom int64
-	done    chan struct{}
-	exitErr error
 }
 
 // NewServer prepares a server with its own data dir and ports; it is not started.
@@ -139,205 +128,17 @@ func NewServer(t testing.TB, name string) *Server {
 	t.Helper()
 	dir := t.TempDir()
 	s := &Server{
-		t: t, Name: name,
+		Process:    newProcess(t, name, filepath.Join(dir, "server.log")),
 		DataDir:    filepath.Join(dir, "data"),
 		Kubeconfig: filepath.Join(dir, "kubeconfig.yaml"),
 		Port:       FreePortPair(t),
 		Host:       "127.0.0.1",
-		logPath:    filepath.Join(dir, "server.log"),
 	}
-	t.Cleanup(func() {
-		if s.Running() && t.Failed() {
-			// A goroutine dump in the log first: a server may be the failure.
-			s.signalAndWait(syscall.SIGQUIT, 10*time.Second)
-		}
-		if s.Running() {
-			s.Kill()
-		}
-		if t.Failed() {
-			t.Logf("--- last lines of %s's log (%s):\n%s", s.Name, s.logPath, s.LogTail(40))
-		}
-	})
+	s.Role, s.ReadyLine, s.readyTimeout = "server", "hakube is ready", 3*time.Minute
+	s.flags = func() []string {
+		return []string{"--data-dir", s.DataDir, "--write-kubeconfig", s.Kubeconfig, "--https-listen-port", strconv.Itoa(s.Port)}
+	}
 	return s
-}
-
-// CommandArgs are the full arguments of a start with extra appended.
-func (s *Server) CommandArgs(extra ...string) []string {
-	args := []string{"server",
-		"--data-dir", s.DataDir,
-		"--write-kubeconfig", s.Kubeconfig,
-		"--https-listen-port", strconv.Itoa(s.Port),
-	}
-	args = append(args, s.Args...)
-	return append(args, extra...)
-}
-
-func (s *Server) command(extra ...string) *exec.Cmd {
-	argv := append(append([]string{}, s.Wrap...), Binary(s.t))
-	argv = append(argv, s.CommandArgs(extra...)...)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), s.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	return cmd
-}
-
-// Start launches the server and waits until it reports ready.
-func (s *Server) Start(extra ...string) {
-	s.t.Helper()
-	if err := s.StartAsync(extra...); err != nil {
-		s.t.Fatal(err)
-	}
-	if err := s.WaitReady(3 * time.Minute); err != nil {
-		s.t.Fatal(err)
-	}
-}
-
-// StartAsync launches the server without waiting.
-func (s *Server) StartAsync(extra ...string) error {
-	log, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	fi, _ := log.Stat()
-	s.logFrom = fi.Size()
-	fmt.Fprintf(log, "=== start %s at %s: %s\n", s.Name, time.Now().Format(time.RFC3339Nano), strings.Join(s.CommandArgs(extra...), " "))
-	s.cmd = s.command(extra...)
-	s.cmd.Stdout, s.cmd.Stderr = log, log
-	if err := s.cmd.Start(); err != nil {
-		log.Close()
-		return err
-	}
-	s.done = make(chan struct{})
-	go func() {
-		s.exitErr = s.cmd.Wait()
-		log.Close()
-		close(s.done)
-	}()
-	return nil
-}
-
-// WaitReady waits for the ready line of the current run.
-func (s *Server) WaitReady(timeout time.Duration) error {
-	deadline := time.After(timeout)
-	for {
-		if strings.Contains(s.CurrentLog(), "hakube is ready") {
-			return nil
-		}
-		select {
-		case <-s.done:
-			return fmt.Errorf("%s exited before it was ready (%v):\n%s", s.Name, s.exitErr, s.LogTail(30))
-		case <-deadline:
-			return fmt.Errorf("%s not ready after %s:\n%s", s.Name, timeout, s.LogTail(30))
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// Running reports whether the process is alive.
-func (s *Server) Running() bool {
-	if s.done == nil {
-		return false
-	}
-	select {
-	case <-s.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// Stop sends SIGTERM and returns the exit code.
-func (s *Server) Stop() int {
-	s.t.Helper()
-	return s.signalAndWait(syscall.SIGTERM, time.Minute)
-}
-
-// Kill sends SIGKILL to the process group and waits.
-func (s *Server) Kill() {
-	s.signalAndWait(syscall.SIGKILL, 30*time.Second)
-}
-
-func (s *Server) signalAndWait(sig syscall.Signal, timeout time.Duration) int {
-	if !s.Running() {
-		return s.ExitCode()
-	}
-	if sig == syscall.SIGKILL {
-		_ = syscall.Kill(-s.cmd.Process.Pid, sig)
-	} else {
-		_ = s.cmd.Process.Signal(sig)
-	}
-	select {
-	case <-s.done:
-	case <-time.After(timeout):
-		tail := s.LogTail(40)
-		// SIGQUIT makes Go dump every goroutine into the log: where it hangs.
-		_ = s.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-s.done:
-		case <-time.After(10 * time.Second):
-		}
-		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.done
-		s.t.Errorf("%s did not exit within %s of %v (goroutine dump in %s); the last lines of its log before:\n%s", s.Name, timeout, sig, s.logPath, tail)
-	}
-	return s.ExitCode()
-}
-
-// WaitExit waits for the process to end by itself and returns its exit code.
-func (s *Server) WaitExit(timeout time.Duration) (int, error) {
-	select {
-	case <-s.done:
-		return s.ExitCode(), nil
-	case <-time.After(timeout):
-		return 0, fmt.Errorf("%s still running after %s", s.Name, timeout)
-	}
-}
-
-// Pid is the process id of the current run (0 before the first start).
-func (s *Server) Pid() int {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return 0
-	}
-	return s.cmd.Process.Pid
-}
-
-// Signal sends sig to the server process (SIGSTOP and SIGCONT pause and resume it).
-func (s *Server) Signal(sig syscall.Signal) error { return s.cmd.Process.Signal(sig) }
-
-// ExitCode is the exit code of the last run (-1 for a signal).
-func (s *Server) ExitCode() int {
-	var ee *exec.ExitError
-	if errors.As(s.exitErr, &ee) {
-		return ee.ExitCode()
-	}
-	if s.exitErr != nil {
-		return -1
-	}
-	return 0
-}
-
-// FullLog is the log of every run of the server.
-func (s *Server) FullLog() string {
-	b, _ := os.ReadFile(s.logPath)
-	return string(b)
-}
-
-// CurrentLog is the log of the current (or last) run.
-func (s *Server) CurrentLog() string {
-	b, _ := os.ReadFile(s.logPath)
-	if int64(len(b)) < s.logFrom {
-		return ""
-	}
-	return string(b[s.logFrom:])
-}
-
-// LogTail returns the last n lines of the log.
-func (s *Server) LogTail(n int) string {
-	lines := strings.Split(strings.TrimRight(s.CurrentLog(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // Client returns a client-go clientset using the admin kubeconfig.
@@ -359,7 +160,10 @@ func (s *Server) Client() *kubernetes.Clientset {
 
 // DqliteSocket is where a Dqlite server serves the etcd API to its own
 // apiserver: a unix socket in its data dir, so a client needs no network.
-func (s *Server) DqliteSocket() string { return filepath.Join(s.DataDir, "server", "dqlite.sock") }
+func (s *Server) DqliteSocket() string { return s.Layout().DqliteSocket() }
+
+// Layout names the paths in the server's data dir.
+func (s *Server) Layout() layout.Layout { return layout.New(s.DataDir) }
 
 // URL is the server's supervisor URL.
 func (s *Server) URL() string { return "https://" + net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
@@ -383,14 +187,6 @@ func Kubectl(wrap []string, kubeconfig, server string, args ...string) (string, 
 		return out.String(), fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return out.String(), nil
-}
-
-// RunToExit runs a server start to completion (for starts that must fail) and
-// returns its output and exit code.
-func (s *Server) RunToExit(extra ...string) (string, int) {
-	s.t.Helper()
-	argv := append(append([]string{}, s.Wrap...), Binary(s.t))
-	return runCommand(s.t, append(argv, s.CommandArgs(extra...)...), s.Env)
 }
 
 // Hakube runs a hakube subcommand on the server's host with its data dir.

@@ -158,14 +158,19 @@ func (nw *Network) Owns(ip string) bool {
 // Subnet is the network's /24 in CIDR notation.
 func (nw *Network) Subnet() string { return nw.subnet + ".0/24" }
 
-// Server prepares a hakube server on this host (not started).
+// Server prepares a hakube server on this host (not started), serving at the
+// host's address on the standard port.
 func (h *Host) Server(t testing.TB, name string) *Server {
 	s := NewServer(t, name)
-	s.Port = 6443
-	s.Host = h.IP
-	s.Wrap = h.Wrap()
-	s.Dial = h.DialContext
-	s.Args = append(s.Args, "--node-ip", h.IP, "--node-name", name)
-	h.CheckRoute(t, h.IP)
+	h.place(t, s.Process)
+	s.Port, s.Host, s.Dial = 6443, h.IP, h.DialContext
 	return s
+}
+
+// place makes p, a hakube process of any role, run on this host: inside its
+// namespace, as the node named after p at the host's address.
+func (h *Host) place(t testing.TB, p *Process) {
+	p.Wrap = h.Wrap()
+	p.Args = append(p.Args, "--node-ip", h.IP, "--node-name", p.Name)
+	h.CheckRoute(t, h.IP)
 }

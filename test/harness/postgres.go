@@ -46,49 +46,33 @@ func StartPostgres(t testing.TB) *Postgres {
 	if err := os.Chown(dataDir, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	asPostgres := func(name string, args ...string) *exec.Cmd {
-		cmd := exec.Command(filepath.Join(binDir, name), args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, Setpgid: true}
-		cmd.Dir = dir
-		return cmd
-	}
-	if out, err := asPostgres("initdb", "-D", dataDir, "-A", "trust", "-U", "postgres", "--no-sync").CombinedOutput(); err != nil {
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	initdb := exec.Command(filepath.Join(binDir, "initdb"), "-D", dataDir, "-A", "trust", "-U", "postgres", "--no-sync")
+	initdb.SysProcAttr, initdb.Dir = &syscall.SysProcAttr{Credential: cred}, dir
+	if out, err := initdb.CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	port := FreePortPair(t)
-	logFile, err := os.Create(filepath.Join(dir, "postgres.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := asPostgres("postgres", "-D", dataDir, "-p", strconv.Itoa(port), "-k", dataDir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		logFile.Close()
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	port := strconv.Itoa(FreePortPair(t))
+	addr := net.JoinHostPort("127.0.0.1", port)
+	p := newProcess(t, "postgres", filepath.Join(dir, "postgres.log"))
+	p.bin, p.dir, p.cred, p.readyTimeout = filepath.Join(binDir, "postgres"), dir, cred, 30*time.Second
+	p.Args = []string{"-D", dataDir, "-p", port, "-k", dataDir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"}
+	// A probe, not a ready line: PostgreSQL may translate its log messages.
+	p.ready = func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(logFile.Name())
-			t.Fatalf("postgres did not listen on %s:\n%s", addr, log)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return err == nil
 	}
-	return &Postgres{DSN: fmt.Sprintf("postgres://postgres@%s/kubernetes?sslmode=disable", addr), pgid: cmd.Process.Pid}
+	p.Start()
+	return &Postgres{DSN: fmt.Sprintf("postgres://postgres@%s/kubernetes?sslmode=disable", addr), postmaster: p}
 }
 
 // Postgres is a running PostgreSQL server.
 type Postgres struct {
-	DSN  string
-	pgid int // the postmaster's process ID and group
+	DSN        string
+	postmaster *Process
 }
 
 // Freeze stops every PostgreSQL process (SIGSTOP): a database that hangs.
@@ -100,7 +84,8 @@ func (p *Postgres) Thaw() error { return p.signalAll(syscall.SIGCONT) }
 // signalAll signals the postmaster and its children, which PostgreSQL puts
 // in process groups of their own.
 func (p *Postgres) signalAll(sig syscall.Signal) error {
-	pids := []int{p.pgid}
+	pgid := p.postmaster.Pid() // the postmaster's process ID and group
+	pids := []int{pgid}
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, f := range stats {
 		b, err := os.ReadFile(f)
@@ -109,7 +94,7 @@ func (p *Postgres) signalAll(sig syscall.Signal) error {
 		}
 		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
 		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(p.pgid) {
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pgid) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
 			pids = append(pids, pid)
 		}

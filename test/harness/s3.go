@@ -6,8 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -40,34 +38,12 @@ func StartS3(t testing.TB, wrap []string, host string, port int) *S3 {
 			t.Fatal(err)
 		}
 	}
-	log, err := os.Create(filepath.Join(dir, "versitygw.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	argv := append(append([]string{}, wrap...), bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--port", s.Endpoint,
-		"posix", "--sidecar", filepath.Join(dir, "meta"), s.Dir)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		log.Close()
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, _ := os.ReadFile(log.Name())
-		if strings.Contains(string(b), "listening on") {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not start:\n%s", b)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	p := newProcess(t, "versitygw", filepath.Join(dir, "versitygw.log"))
+	p.bin, p.Wrap, p.ReadyLine, p.readyTimeout = bin, wrap, "listening on", 30*time.Second
+	p.Args = []string{"--access", s.AccessKey, "--secret", s.SecretKey, "--port", s.Endpoint,
+		"posix", "--sidecar", filepath.Join(dir, "meta"), s.Dir}
+	p.Start()
+	return s
 }
 
 // Flags are the hakube flags that use this store.
