@@ -12,7 +12,10 @@ import (
 	"time"
 
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 
@@ -26,13 +29,14 @@ type APIServerConfig struct {
 	TLSDir pki.Dir
 	// CertDir is where the apiserver writes certificates of its own.
 	CertDir string
-	// Port is the loopback port the apiserver listens on; the supervisor fronts it.
-	Port          int
-	AdvertiseIP   net.IP
-	ServiceCIDR   string
-	NodePortRange string
-	ClusterDomain string
-	Datastore     datastore.Datastore
+	// Port is the loopback port the apiserver listens on; the supervisor fronts
+	// it on AdvertisePort, which the cluster is told to use.
+	Port, AdvertisePort int
+	AdvertiseIP         net.IP
+	ServiceCIDR         string
+	NodePortRange       string
+	ClusterDomain       string
+	Datastore           datastore.Datastore
 	// ExtraArgs are passed through verbatim (--kube-apiserver-arg), last so they win.
 	ExtraArgs []string
 }
@@ -74,6 +78,8 @@ func (a *APIServer) args() []string {
 		"--kubelet-certificate-authority=" + t.Cert(pki.ServerCA),
 		"--kubelet-client-certificate=" + t.Cert(KubeletClient),
 		"--kubelet-client-key=" + t.Key(KubeletClient),
+		// Node names need not resolve on servers: kubectl logs and exec reach kubelets by IP.
+		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
 		"--profiling=false",
 		"--proxy-client-cert-file=" + t.Cert(AuthProxyCert),
 		"--proxy-client-key-file=" + t.Key(AuthProxyCert),
@@ -121,9 +127,60 @@ func (a *APIServer) Start(context.Context) error {
 		if errs := completed.Validate(); len(errs) != 0 {
 			return utilerrors.NewAggregate(errs)
 		}
-		return app.Run(ctx, completed)
+		return a.serve(ctx, completed)
 	})
 	return nil
+}
+
+// serve does what upstream's app.Run does, except that the apiserver
+// advertises the supervisor's port: the endpoints of the kubernetes Service
+// and the discovery address take the port from the listener, and the one the
+// apiserver listens on is loopback-only, so pods could not reach the API at
+// the Service IP. The listener is wrapped once the loopback client, which
+// must reach the apiserver itself, has been configured.
+func (a *APIServer) serve(ctx context.Context, opts options.CompletedOptions) error {
+	name, err := cache.NewInformerName("kube-apiserver")
+	if err != nil {
+		return err
+	}
+	opts.InformerName = name
+	config, err := app.NewConfig(opts)
+	if err != nil {
+		return err
+	}
+	for _, ss := range []*genericapiserver.SecureServingInfo{config.KubeAPIs.ControlPlane.Generic.SecureServing,
+		config.ApiExtensions.GenericConfig.SecureServing, config.Aggregator.GenericConfig.SecureServing} {
+		if _, done := ss.Listener.(advertisedListener); !done {
+			ss.Listener = advertisedListener{Listener: ss.Listener, port: a.cfg.AdvertisePort}
+		}
+	}
+	// Upstream's "Serving securely on" line shows the advertised port too.
+	klog.Infof("kube-apiserver listens on 127.0.0.1:%d; the cluster is told port %d, the supervisor's", a.cfg.Port, a.cfg.AdvertisePort)
+	completed, err := config.Complete()
+	if err != nil {
+		return err
+	}
+	server, err := app.CreateServerChain(completed)
+	if err != nil {
+		return err
+	}
+	prepared, err := server.PrepareRun()
+	if err != nil {
+		return err
+	}
+	return prepared.Run(ctx)
+}
+
+// advertisedListener reports another port as its address.
+type advertisedListener struct {
+	net.Listener
+	port int
+}
+
+func (l advertisedListener) Addr() net.Addr {
+	addr := *l.Listener.Addr().(*net.TCPAddr)
+	addr.Port = l.port
+	return &addr
 }
 
 // Ready waits until /readyz answers ok.

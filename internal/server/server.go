@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) error {
 		APIServerURL: apiURL,
 	})
 	api := controlplane.NewAPIServer(controlplane.APIServerConfig{
-		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertiseIP: id.AdvertiseIP,
+		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertisePort: cfg.HTTPSPort, AdvertiseIP: id.AdvertiseIP,
 		ServiceCIDR: cfg.ServiceCIDR, NodePortRange: "30000-32767", ClusterDomain: cfg.ClusterDomain,
 		Datastore: ds, ExtraArgs: flagArgs(cfg.KubeAPIServerArgs),
 	})

@@ -294,6 +294,8 @@ func formInParallel(t *testing.T, c *cluster, fig figures, prefix string, progre
 			t.Errorf("%s logged the token secret", s.Name)
 		}
 	}
+	// Every server's supervisor is an endpoint of the kubernetes Service.
+	harness.CheckKubernetesService(t, c.Servers[0].Client(), c.Servers[0].Port, len(c.Servers))
 }
 
 func leaderFailover(t *testing.T, c *cluster, fig figures) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/etcd"
@@ -269,3 +271,36 @@ func (c *Cluster) StartAllReversed(t testing.TB, timeout time.Duration) {
 
 // RestartInPlaceLine is what hakube logs when it restarts itself in place.
 const RestartInPlaceLine = "stopping the server to restart it in place"
+
+// CheckKubernetesService checks that the kubernetes Service's endpoints list
+// n servers at port, the supervisor's (the apiserver itself listens on
+// loopback only, where pods cannot reach it), and that discovery names the
+// same port.
+func CheckKubernetesService(t testing.TB, cs kubernetes.Interface, port, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var last string
+	for ctx.Err() == nil {
+		s, err := cs.DiscoveryV1().EndpointSlices("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err == nil && len(s.Ports) == 1 && s.Ports[0].Port != nil && int(*s.Ports[0].Port) == port && len(s.Endpoints) == n {
+			raw, err := cs.Discovery().RESTClient().Get().AbsPath("/api").DoRaw(ctx)
+			var versions metav1.APIVersions
+			if err == nil {
+				err = json.Unmarshal(raw, &versions)
+			}
+			if err != nil || len(versions.ServerAddressByClientCIDRs) == 0 {
+				t.Fatalf("discovery at /api: %v\n%s", err, raw)
+			}
+			for _, a := range versions.ServerAddressByClientCIDRs {
+				if !strings.HasSuffix(a.ServerAddress, ":"+strconv.Itoa(port)) {
+					t.Fatalf("discovery names %s, not the supervisor's port %d", a.ServerAddress, port)
+				}
+			}
+			return
+		}
+		last = fmt.Sprintf("%+v (%v)", s, err)
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("the kubernetes EndpointSlice does not list %d servers at port %d: %s", n, port, last)
+}

@@ -180,6 +180,7 @@ func testLifecycle(t *testing.T, check func(*testing.T, *harness.Server), args .
 		t.Fatal(err)
 	}
 	checkControllersAndScheduler(t, cs)
+	harness.CheckKubernetesService(t, cs, s.Port, 1)
 
 	// The real kubectl: create, read, update, delete.
 	mustKubectl(t, s, "create", "configmap", "kc-keep", "--from-literal=a=1")
