@@ -14,7 +14,7 @@ VERSITYGW := bin/versitygw
 VERSITYGW_VERSION := v1.8.0
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build run test unit e2e robustness bench bench-quick lint fuzz clean
+.PHONY: build run test test-deps unit e2e robustness bench bench-quick lint fuzz clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
@@ -39,7 +39,12 @@ e2e: build $(VERSITYGW)
 	HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_VERSITYGW=$(CURDIR)/$(VERSITYGW) go test -p 1 -count=1 -timeout 40m -v ./test/...
 	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_DATASTORE=dqlite go test -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
 
-test: lint unit e2e bench-quick
+# What the tests need on a fresh machine (Debian packages, Go modules).
+test-deps:
+	./scripts/test-deps.sh
+
+test: test-deps
+	$(MAKE) lint unit e2e bench-quick
 
 # Fault-injection runs on SERVERS servers of DATASTORE (etcd or dqlite): ITER iterations of every scenario
 # (or of FAULTS, comma-separated), TRAFFIC seconds of traffic before and after each fault.

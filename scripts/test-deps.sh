@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the tests need and a fresh machine lacks (Debian packages), and
+# downloads the Go modules; 'make test' runs it first. Installed packages are
+# left alone, so a second run costs a few stats.
+set -euo pipefail
+
+# kubectl ships with this machine image (it is not in Debian's archive); the tests need the real one.
+command -v kubectl >/dev/null || { echo "kubectl is required on PATH" >&2; exit 1; }
+need=()
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql) # external-datastore tests
+command -v ip >/dev/null || need+=(iproute2)                                     # namespace hosts
+command -v iptables >/dev/null || need+=(iptables)                               # partitions and the peer proxy
+command -v etcd >/dev/null || need+=(etcd-server)                                # the benchmarks' external-etcd peer
+if ((${#need[@]})); then
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "the tests need these Debian packages: ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  echo "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+go mod download
