@@ -1,6 +1,7 @@
 package join
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -108,21 +109,36 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 	return ms, err
 }
 
+// Node asks for a node's credentials over the verified channel.
+func (c *Client) Node(ctx context.Context, nr NodeRequest) (NodeCredentials, error) {
+	var creds NodeCredentials
+	body, err := json.Marshal(nr)
+	if err != nil {
+		return creds, err
+	}
+	err = c.do(ctx, http.MethodPost, NodePath, body, &creds)
+	return creds, err
+}
+
 func (c *Client) get(ctx context.Context, path string, into any) error {
+	return c.do(ctx, http.MethodGet, path, nil, into)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte, into any) error {
 	if c.trusted == nil {
 		return errors.New("the server's CA has not been verified")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.SetBasicAuth(token.ServerUser, c.Token.Secret)
 	resp, err := c.trusted.Do(req)
 	if err != nil {
-		return fmt.Errorf("GET %s%s: %w", c.URL, path, err)
+		return fmt.Errorf("%s %s%s: %w", method, c.URL, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 	if err != nil {
 		return err
 	}
@@ -130,11 +146,13 @@ func (c *Client) get(ctx context.Context, path string, into any) error {
 	case http.StatusOK:
 	case http.StatusUnauthorized:
 		return fmt.Errorf("the server at %s refused the token", c.URL)
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %s", ErrNameTaken, strings.TrimSpace(string(answer)))
 	default:
-		return fmt.Errorf("GET %s%s: %s: %s", c.URL, path, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s %s%s: %s: %s", method, c.URL, path, resp.Status, strings.TrimSpace(string(answer)))
 	}
-	if err := json.Unmarshal(body, into); err != nil {
-		return fmt.Errorf("GET %s%s: malformed answer: %w", c.URL, path, err)
+	if err := json.Unmarshal(answer, into); err != nil {
+		return fmt.Errorf("%s %s%s: malformed answer: %w", method, c.URL, path, err)
 	}
 	return nil
 }

@@ -7,6 +7,14 @@
 //     nonce and the CA bundle, keyed by a PBKDF2 key derived from the secret.
 //  2. Only then, over TLS verified against that CA, the joiner authenticates
 //     with the secret and fetches the bootstrap data and the member list.
+//
+// A node (an agent, or a server's own node) takes the same first step, then
+// asks for its credentials only: it sends its name, its addresses, the public
+// keys of the keys it keeps and a node password of its own, and receives the
+// CA certificates, a kubelet client certificate (system:node:<name> in
+// system:nodes) and a kubelet serving certificate. It never receives a CA key
+// or the bootstrap data. The first node to register a name binds it to its
+// password: another machine asking for that name is refused.
 package join
 
 import (
@@ -14,6 +22,7 @@ import (
 	"crypto/pbkdf2"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 )
 
 // Paths served by the supervisor.
@@ -21,6 +30,7 @@ const (
 	CACertsPath   = "/cacerts"
 	BootstrapPath = "/v1-hakube/server-bootstrap"
 	MembersPath   = "/v1-hakube/members"
+	NodePath      = "/v1-hakube/node"
 	// ProofHeader carries the server's proof on /cacerts?nonce=.
 	ProofHeader = "Hakube-Ca-Proof"
 )
@@ -42,6 +52,30 @@ func Proof(key, nonce, caBundle []byte) string {
 	m.Write(caBundle)
 	return hex.EncodeToString(m.Sum(nil))
 }
+
+// NodeRequest is what a node sends for its credentials.
+type NodeRequest struct {
+	Name string   `json:"name"`
+	IPs  []string `json:"ips"`
+	// Password binds the name to the machine that registered it first.
+	Password string `json:"password"`
+	// ClientKey and ServingKey are PEM public keys; the private keys stay on the node.
+	ClientKey  string `json:"clientKey"`
+	ServingKey string `json:"servingKey"`
+}
+
+// NodeCredentials is what a node receives: certificates only, PEM.
+type NodeCredentials struct {
+	// ServerCA verifies the supervisor and the apiserver; ClientCA the
+	// clients of the kubelet (the apiserver).
+	ServerCA    string `json:"serverCA"`
+	ClientCA    string `json:"clientCA"`
+	ClientCert  string `json:"clientCert"`
+	ServingCert string `json:"servingCert"`
+}
+
+// ErrNameTaken refuses a node whose name another machine registered.
+var ErrNameTaken = errors.New("name taken")
 
 // Member is one datastore member, as listed to joiners.
 type Member struct {

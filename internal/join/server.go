@@ -5,6 +5,9 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"time"
@@ -24,6 +27,9 @@ type Server struct {
 	Bootstrap func(ctx context.Context) (bootstrap.Data, error)
 	// Members lists the datastore's members; nil when the datastore has none.
 	Members func(ctx context.Context) ([]Member, error)
+	// Node issues a node's credentials (ErrNameTaken, or an error saying
+	// what is wrong with the request).
+	Node func(ctx context.Context, req NodeRequest) (NodeCredentials, error)
 }
 
 // Register adds the join endpoints to mux.
@@ -32,6 +38,7 @@ func (s *Server) Register(handle func(pattern string, h http.Handler)) {
 	handle("GET "+CACertsPath, http.HandlerFunc(s.caCerts))
 	handle("GET "+BootstrapPath, s.authenticated(s.bootstrap))
 	handle("GET "+MembersPath, s.authenticated(s.members))
+	handle("POST "+NodePath, s.authenticated(s.node))
 }
 
 func (s *Server) caCerts(w http.ResponseWriter, r *http.Request) {
@@ -93,6 +100,38 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, ms)
+}
+
+func (s *Server) node(w http.ResponseWriter, r *http.Request) {
+	var req NodeRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		http.Error(w, "malformed node request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	creds, err := s.Node(ctx, req)
+	switch {
+	case errors.Is(err, ErrNameTaken):
+		klog.Warningf("join: refused node %q from %s: another machine registered that name", req.Name, r.RemoteAddr)
+		http.Error(w, err.Error(), http.StatusConflict)
+	case errors.Is(err, errBadRequest):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	case err != nil:
+		klog.Errorf("join: credentials of node %q: %v", req.Name, err)
+		http.Error(w, "node credentials not available: "+err.Error(), http.StatusServiceUnavailable)
+	default:
+		klog.Infof("join: issued the credentials of node %s to %s", req.Name, r.RemoteAddr)
+		writeJSON(w, creds)
+	}
+}
+
+// errBadRequest marks an error in what the node sent.
+var errBadRequest = errors.New("bad node request")
+
+// BadRequest is an error in what the node sent, with what to fix.
+func BadRequest(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errBadRequest, fmt.Sprintf(format, a...))
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

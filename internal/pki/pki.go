@@ -119,10 +119,22 @@ type Leaf struct {
 
 // Issue mints a new key and a certificate for it signed by ca, both PEM encoded.
 func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := NewKey()
 	if err != nil {
 		return nil, nil, err
 	}
+	if certPEM, err = ca.Sign(l, key.Public()); err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = EncodeKey(key)
+	return certPEM, keyPEM, err
+}
+
+// NewKey generates a private key of the kind every leaf has.
+func NewKey() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+
+// Sign certifies pub, a key held by someone else, as l, signed by ca (PEM).
+func (ca *CA) Sign(l Leaf, pub crypto.PublicKey) ([]byte, error) {
 	var eku []x509.ExtKeyUsage
 	if l.Usage&ServerAuth != 0 {
 		eku = append(eku, x509.ExtKeyUsageServerAuth)
@@ -131,7 +143,7 @@ func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
 		eku = append(eku, x509.ExtKeyUsageClientAuth)
 	}
 	if len(eku) == 0 {
-		return nil, nil, errors.New("leaf certificate needs a usage")
+		return nil, errors.New("leaf certificate needs a usage")
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -144,15 +156,29 @@ func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
 		DNSNames:     l.DNSNames,
 		IPAddresses:  l.IPs,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	keyPEM, err = EncodeKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// EncodePublicKey PEM-encodes a public key (PKIX).
+func EncodePublicKey(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// ParsePublicKey parses a PEM public key (PKIX).
+func ParsePublicKey(data []byte) (crypto.PublicKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, errors.New("no PEM public key found")
+	}
+	return x509.ParsePKIXPublicKey(block.Bytes)
 }
 
 // IssueFiles mints a leaf and writes it to certFile (0644) and keyFile (0600).

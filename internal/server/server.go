@@ -138,6 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ms, err := m.Members(ctx)
 		return joinMembers(ms), err
 	}
+	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin")}).issue
 	joinSrv.Register(sup.Handle)
 
 	components := []component.Component{&dataDir{layout: l}}

@@ -1,0 +1,170 @@
+package integration
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/token"
+	"github.com/hakube/hakube/test/harness"
+)
+
+// TestNodeCredentials: a node that checked the server's CA against the token
+// gets certificates for the keys it keeps (never a CA key), they make it
+// system:node:<name> to the Node authorizer and NodeRestriction, and its name
+// is its own: another machine (another node password) cannot take it.
+func TestNodeCredentials(t *testing.T) {
+	s := harness.NewServer(t, "server")
+	s.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	raw, err := os.ReadFile(s.Layout().Token())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := token.Parse(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := nodeClient(t, s, tok)
+
+	clientKey, servingKey := newKey(t), newKey(t)
+	req := join.NodeRequest{Name: "agent-1", IPs: []string{"192.0.2.10"}, Password: "first-machine-password",
+		ClientKey: publicPEM(t, clientKey), ServingKey: publicPEM(t, servingKey)}
+	creds, err := client.Node(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire, _ := json.Marshal(creds)
+	if strings.Contains(string(wire), "PRIVATE KEY") {
+		t.Fatal("the node's credentials hold a private key")
+	}
+	serverCA, _ := os.ReadFile(s.Layout().TLS().Cert(pki.ServerCA))
+	if creds.ServerCA != string(serverCA) {
+		t.Fatal("the server CA sent to the node is not the cluster's")
+	}
+	cc := verifyLeaf(t, creds.ClientCert, creds.ClientCA, clientKey, x509.ExtKeyUsageClientAuth)
+	if cc.Subject.CommonName != "system:node:agent-1" || len(cc.Subject.Organization) != 1 || cc.Subject.Organization[0] != "system:nodes" {
+		t.Fatalf("kubelet client certificate subject %v", cc.Subject)
+	}
+	sc := verifyLeaf(t, creds.ServingCert, creds.ServerCA, servingKey, x509.ExtKeyUsageServerAuth)
+	if len(sc.IPAddresses) != 1 || sc.IPAddresses[0].String() != "192.0.2.10" || len(sc.DNSNames) != 1 || sc.DNSNames[0] != "agent-1" {
+		t.Fatalf("kubelet serving certificate names %v %v", sc.DNSNames, sc.IPAddresses)
+	}
+
+	// Through the supervisor the node is system:node:agent-1: it registers its
+	// own Node, but not another's, and reads no Secrets.
+	cs := nodeClientset(t, s, creds, clientKey)
+	own := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "agent-1"}}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, own, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("the node cannot register itself: %v", err)
+	}
+	other := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "agent-2"}}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, other, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("agent-1 registering agent-2: want forbidden, got %v", err)
+	}
+	if _, err := cs.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("a node listing secrets: want forbidden, got %v", err)
+	}
+
+	// The same machine again (a restart) gets new certificates; another
+	// machine claiming the name is refused, and says how to fix it.
+	if _, err := client.Node(ctx, req); err != nil {
+		t.Fatalf("the same node asking again: %v", err)
+	}
+	thief := req
+	thief.Password = "another-machine-password"
+	if _, err := client.Node(ctx, thief); !errors.Is(err, join.ErrNameTaken) || !strings.Contains(err.Error(), "--node-name") {
+		t.Fatalf("another machine claiming agent-1: want the name refused, got %v", err)
+	}
+	bad := req
+	bad.Name, bad.ClientKey = "agent-3", "not a key"
+	if _, err := client.Node(ctx, bad); err == nil || !strings.Contains(err.Error(), "client key") {
+		t.Fatalf("a malformed key: want it named, got %v", err)
+	}
+
+	// The wrong secret is refused before anything is issued.
+	wrong := tok
+	wrong.Secret = "not-the-secret"
+	if _, err := nodeClient(t, s, wrong).Node(ctx, req); err == nil || !strings.Contains(err.Error(), "refused the token") {
+		t.Fatalf("a wrong token: want refused, got %v", err)
+	}
+}
+
+func nodeClient(t *testing.T, s *harness.Server, tok token.Token) *join.Client {
+	t.Helper()
+	c, err := join.NewClient(s.URL(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.VerifyCA(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newKey(t *testing.T) crypto.Signer {
+	t.Helper()
+	k, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func publicPEM(t *testing.T, k crypto.Signer) string {
+	t.Helper()
+	b, err := pki.EncodePublicKey(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// verifyLeaf checks that certPEM certifies key for usage and chains to caPEM.
+func verifyLeaf(t *testing.T, certPEM, caPEM string, key crypto.Signer, usage x509.ExtKeyUsage) *x509.Certificate {
+	t.Helper()
+	c, err := pki.ParseCert([]byte(certPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.Pool([]byte(caPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+		t.Fatalf("certificate %s: %v", c.Subject, err)
+	}
+	if pub, ok := c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+		t.Fatalf("certificate %s is not for the key the node sent", c.Subject)
+	}
+	return c
+}
+
+func nodeClientset(t *testing.T, s *harness.Server, creds join.NodeCredentials, key crypto.Signer) kubernetes.Interface {
+	t.Helper()
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: s.URL(), TLSClientConfig: rest.TLSClientConfig{
+		CAData: []byte(creds.ServerCA), CertData: []byte(creds.ClientCert), KeyData: keyPEM}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
