@@ -33,6 +33,9 @@ func (l Layout) Kubeconfig(component string) string {
 	return filepath.Join(l.ServerDir(), "cred", component+".kubeconfig")
 }
 
+// Manifests holds Kubernetes manifests the server applies to the cluster.
+func (l Layout) Manifests() string { return filepath.Join(l.ServerDir(), "manifests") }
+
 // Token is the server's copy of the cluster token, with the CA hash.
 func (l Layout) Token() string { return filepath.Join(l.ServerDir(), "token") }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/hakube/hakube/internal/identity"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/kubeconfig"
+	"github.com/hakube/hakube/internal/manifests"
 	"github.com/hakube/hakube/internal/metrics"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/runner"
@@ -157,7 +158,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if mig != nil {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
-	components = append(components, boot, sup, api, kcm, sched)
+	components = append(components, boot, sup, api, kcm, sched,
+		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
 	if ds.Kind().Clustered() {
 		hosts := []string{"127.0.0.1"}
 		if cfg.ExposeMetrics {
