@@ -29,6 +29,7 @@ type Host struct {
 	Name string // namespace name
 	IP   string
 	net  *Network
+	node *node // set by EnableNode
 }
 
 func ipCmd(tb testing.TB, args ...string) {
@@ -77,8 +78,14 @@ func (nw *Network) AddHost(i int) *Host {
 	return h
 }
 
-// Wrap is the command prefix that runs a program on the host.
-func (h *Host) Wrap() []string { return []string{"ip", "netns", "exec", h.Name} }
+// Wrap is the command prefix that runs a program on the host: in its network
+// namespace, and on a node host (EnableNode) in its mount namespace too.
+func (h *Host) Wrap() []string {
+	if h.node != nil {
+		return []string{h.node.wrapper}
+	}
+	return []string{"ip", "netns", "exec", h.Name}
+}
 
 // CheckRoute fails the test unless the namespace exists and dst is one of the
 // network's hosts reached through its eth0: test traffic never leaves it.
