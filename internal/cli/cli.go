@@ -53,6 +53,7 @@ plane on embedded etcd, with no external database to run.`,
 	v := pflag.PFlagFromGoFlag(klogFlags.Lookup("v"))
 	v.Usage = "log verbosity (0-10)"
 	root.PersistentFlags().AddFlag(v)
-	root.AddCommand(newServerCommand(), newKubectlCommand(), newEtcdCommand(), newClusterCommand(), newSnapshotCommand())
+	root.AddCommand(newServerCommand(), newKubectlCommand(), newEtcdCommand(), newClusterCommand(), newSnapshotCommand(),
+		newCheckConfigCommand())
 	return root
 }

@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,5 +128,24 @@ func TestEmbeddedKubectlAndHelp(t *testing.T) {
 	out, code = harness.RunHakube(t, nil, "kubectl", "--kubeconfig", s.Kubeconfig, "get", "namespace", "kube-system", "-o", "name")
 	if code != 0 || strings.TrimSpace(out) != "namespace/kube-system" {
 		t.Fatalf("hakube kubectl: %d %s", code, out)
+	}
+}
+
+// TestCheckConfig: 'hakube check-config' lists every check, exits 1 exactly
+// when something required is missing, and names the fix; without iptables on
+// PATH it says so.
+func TestCheckConfig(t *testing.T) {
+	out, code := harness.RunHakube(t, nil, "check-config")
+	for _, name := range []string{"root", "cgroups", "overlay", "br_netfilter", "vxlan", "iptables", "conntrack", "swap", "ip_forward"} {
+		if !strings.Contains(out, "\n"+name+" ") {
+			t.Errorf("check %s not listed:\n%s", name, out)
+		}
+	}
+	if missing := strings.Contains(out, " missing "); missing != (code == 1) || (code != 0 && code != 1) {
+		t.Fatalf("exit %d with missing=%v:\n%s", code, missing, out)
+	}
+	out, code = harness.RunHakube(t, []string{"PATH=/nonexistent"}, "check-config")
+	if code != 1 || !regexp.MustCompile(`iptables +missing +iptables not found on PATH`).MatchString(out) || !strings.Contains(out, "fix: apt-get install iptables") {
+		t.Fatalf("without iptables on PATH: exit %d\n%s", code, out)
 	}
 }
