@@ -79,7 +79,7 @@ func TestMissingPieces(t *testing.T) {
 	})
 	h.Euid = 1000
 	fs := h.Check()
-	for name, want := range map[string]Level{"root": Missing, "cgroups": Missing, "overlay": Missing, "br_netfilter": Missing,
+	for name, want := range map[string]Level{"root": Missing, "cgroups": Missing, "overlay": Warning, "br_netfilter": Missing,
 		"vxlan": Warning, "iptables": Missing, "conntrack": Warning, "swap": Warning, "ip_forward": Warning} {
 		f := find(t, fs, name)
 		if f.Level != want || f.Fix == "" {

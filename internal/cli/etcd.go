@@ -81,10 +81,15 @@ func newEtcdCommand() *cobra.Command {
 				return err
 			}
 			defer close()
-			if err := m.RemoveMember(cmd.Context(), args[0]); err != nil {
+			removed, err := m.RemoveMember(cmd.Context(), args[0])
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", args[0])
+			name := removed.Name
+			if removed.ID != "" {
+				name += " (" + removed.ID + ")"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed member %s. To bring that server back, start it with --server https://<a remaining server>:6443; it keeps its old data as a backup and rejoins.\n", name)
 			return nil
 		},
 	}

@@ -15,6 +15,7 @@ import (
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	utilversion "k8s.io/component-base/version"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
@@ -139,6 +140,7 @@ func (a *APIServer) Start(context.Context) error {
 // the Service IP. The listener is wrapped once the loopback client, which
 // must reach the apiserver itself, has been configured.
 func (a *APIServer) serve(ctx context.Context, opts options.CompletedOptions) error {
+	klog.Infof("Version: %+v", utilversion.Get())
 	name, err := cache.NewInformerName("kube-apiserver")
 	if err != nil {
 		return err

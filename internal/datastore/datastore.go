@@ -79,9 +79,9 @@ type Member struct {
 type Membership interface {
 	// Members lists the members, asking each for its status.
 	Members(ctx context.Context) ([]Member, error)
-	// RemoveMember removes the member called name, refusing when the healthy
-	// voters left would not form a quorum.
-	RemoveMember(ctx context.Context, name string) error
+	// RemoveMember removes the member called name (etcd also takes its ID),
+	// refusing when the healthy voters left would not form a quorum.
+	RemoveMember(ctx context.Context, name string) (Member, error)
 }
 
 // NoSpaceReporter is a datastore that can run out of space and recover

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -112,6 +113,8 @@ func (d *Deployer) Stop() error {
 type applier struct {
 	dyn    dynamic.Interface
 	mapper *restmapper.DeferredDiscoveryRESTMapper
+	// rediscovered: the mapper was reset in this scan already.
+	rediscovered bool
 	// applied holds each file's content as last applied in full; failed the
 	// last error of a file, logged once until it changes.
 	applied map[string][sha256.Size]byte
@@ -123,6 +126,13 @@ func (a *applier) scan(ctx context.Context, dir string) {
 	if err != nil {
 		klog.Errorf("manifests: %v", err)
 		return
+	}
+	a.rediscovered = false
+	// A file removed and written again is applied again.
+	for path := range a.applied {
+		if !slices.ContainsFunc(entries, func(e os.DirEntry) bool { return filepath.Join(dir, e.Name()) == path }) {
+			delete(a.applied, path)
+		}
 	}
 	for _, e := range entries {
 		name := e.Name()
@@ -175,10 +185,20 @@ func (a *applier) apply(ctx context.Context, data []byte) (int, error) {
 		if len(obj.Object) == 0 {
 			continue
 		}
-		if err := a.applyOne(ctx, &obj); err != nil {
-			return n, fmt.Errorf("document %d (%s %s): %w", i, obj.GetKind(), obj.GetName(), err)
+		objs := []unstructured.Unstructured{obj}
+		if obj.IsList() {
+			list, err := obj.ToList()
+			if err != nil {
+				return n, fmt.Errorf("document %d: %w", i, err)
+			}
+			objs = list.Items
 		}
-		n++
+		for _, o := range objs {
+			if err := a.applyOne(ctx, &o); err != nil {
+				return n, fmt.Errorf("document %d (%s %s): %w", i, o.GetKind(), o.GetName(), err)
+			}
+			n++
+		}
 	}
 }
 
@@ -188,9 +208,11 @@ func (a *applier) applyOne(ctx context.Context, obj *unstructured.Unstructured) 
 		return errors.New("an object needs apiVersion, kind and metadata.name")
 	}
 	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if meta.IsNoMatchError(err) {
-		// A type another manifest defines may have been added since.
+	if meta.IsNoMatchError(err) && !a.rediscovered {
+		// A type another manifest defines may have been added since; one
+		// discovery per scan is enough to see it.
 		a.mapper.Reset()
+		a.rediscovered = true
 		m, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	}
 	if err != nil {

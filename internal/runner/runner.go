@@ -90,12 +90,18 @@ func Run(ctx context.Context, cfg Config) error {
 
 	failed := make(chan error, len(cfg.Components))
 	for _, c := range cfg.Components {
-		if f, ok := c.(component.Failer); ok {
-			go func(name string, ch <-chan error) {
+		f, ok := c.(component.Failer)
+		if !ok {
+			continue
+		}
+		// A nil channel is a component that cannot fail after all (a joining
+		// server's datastore that is not a Failer); a closed one stopped.
+		if ch := f.Failed(); ch != nil {
+			go func(name string) {
 				if err, ok := <-ch; ok {
 					failed <- fmt.Errorf("%s: %w", name, err)
 				}
-			}(c.Name(), f.Failed())
+			}(c.Name())
 		}
 	}
 	select {

@@ -192,7 +192,7 @@ func (m *migration) removeOthers(ctx context.Context) error {
 			klog.Infof("migrate: removing the other members of the %s cluster (%s) so that no write can be missed; "+
 				"they stop, and rejoin this server when started with --server", m.kind, strings.Join(others, ", "))
 			for _, name := range others {
-				if err = ms.RemoveMember(ctx, name); err != nil {
+				if _, err = ms.RemoveMember(ctx, name); err != nil {
 					break
 				}
 				klog.Infof("migrate: removed %s", name)

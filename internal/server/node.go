@@ -2,14 +2,21 @@ package server
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/pbkdf2"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -30,37 +37,41 @@ const nodePasswordSuffix = ".node-password.hakube"
 // the iterations only keep a leaked Secret from being a password list.
 const nodePasswordIterations = 10_000
 
+// maxNodeIPs bounds the addresses a node's serving certificate names.
+const maxNodeIPs = 8
+
 // nodeIssuer issues the credentials of nodes that join through this server:
 // certificates for keys the node keeps, once the name is proved its own.
 type nodeIssuer struct {
 	tls pki.Dir
 	// kubeconfig reaches this server's apiserver, for the password Secrets.
 	kubeconfig string
+	// A node's serving certificate comes from the server CA, so it must not
+	// name what the API is reached by: the cluster domain's names, the
+	// Service range, loopback.
+	clusterDomain string
+	serviceNet    *net.IPNet
+
+	mu     sync.Mutex
+	client kubernetes.Interface
 }
 
 func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.NodeCredentials, error) {
-	if msgs := validation.IsDNS1123Subdomain(req.Name + nodePasswordSuffix); len(msgs) > 0 {
-		return join.NodeCredentials{}, join.BadRequest("node name %q cannot be used: %s", req.Name, strings.Join(msgs, "; "))
+	if err := n.checkName(req.Name); err != nil {
+		return join.NodeCredentials{}, err
 	}
-	var ips []net.IP
-	for _, s := range req.IPs {
-		ip := net.ParseIP(s)
-		if ip == nil {
-			return join.NodeCredentials{}, join.BadRequest("node address %q is not an IP address", s)
-		}
-		ips = append(ips, ip)
-	}
-	if len(ips) == 0 {
-		return join.NodeCredentials{}, join.BadRequest("the node sent no address")
+	ips, err := n.checkIPs(req.IPs)
+	if err != nil {
+		return join.NodeCredentials{}, err
 	}
 	if len(req.Password) < 16 || len(req.Password) > 256 {
 		return join.NodeCredentials{}, join.BadRequest("the node password must be 16 to 256 characters")
 	}
-	clientPub, err := pki.ParsePublicKey([]byte(req.ClientKey))
+	clientPub, err := parseNodeKey(req.ClientKey)
 	if err != nil {
 		return join.NodeCredentials{}, join.BadRequest("client key: %v", err)
 	}
-	servingPub, err := pki.ParsePublicKey([]byte(req.ServingKey))
+	servingPub, err := parseNodeKey(req.ServingKey)
 	if err != nil {
 		return join.NodeCredentials{}, join.BadRequest("serving key: %v", err)
 	}
@@ -89,14 +100,85 @@ func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.Node
 	return creds, nil
 }
 
-// claim binds name to password in a Secret, or checks the binding that is
-// there: the first machine to register a name owns it.
-func (n *nodeIssuer) claim(ctx context.Context, name, password string) error {
+func (n *nodeIssuer) checkName(name string) error {
+	if msgs := validation.IsDNS1123Subdomain(name); len(msgs) > 0 {
+		return join.BadRequest("node name %q cannot be used: %s", name, strings.Join(msgs, "; "))
+	}
+	if max := validation.DNS1123SubdomainMaxLength - len(nodePasswordSuffix); len(name) > max {
+		return join.BadRequest("node name %q is longer than %d characters", name, max)
+	}
+	if name == "localhost" || name == "kubernetes" || strings.HasPrefix(name, "kubernetes.") || strings.HasSuffix(name, ".svc") ||
+		strings.Contains(name, ".svc.") || name == n.clusterDomain || strings.HasSuffix(name, "."+n.clusterDomain) {
+		return join.BadRequest("node name %q is a name the cluster's API is reached by; choose another --node-name", name)
+	}
+	return nil
+}
+
+func (n *nodeIssuer) checkIPs(given []string) ([]net.IP, error) {
+	var ips []net.IP
+	for _, s := range given {
+		ip := net.ParseIP(s)
+		switch {
+		case ip == nil:
+			return nil, join.BadRequest("node address %q is not an IP address", s)
+		case ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLinkLocalUnicast():
+			return nil, join.BadRequest("node address %s cannot be a node's: it is loopback, unspecified, multicast or link-local", s)
+		case n.serviceNet != nil && n.serviceNet.Contains(ip):
+			return nil, join.BadRequest("node address %s is in the Service range %s", s, n.serviceNet)
+		}
+		if !slices.ContainsFunc(ips, ip.Equal) {
+			ips = append(ips, ip)
+		}
+	}
+	if len(ips) == 0 || len(ips) > maxNodeIPs {
+		return nil, join.BadRequest("a node sends 1 to %d addresses, not %d", maxNodeIPs, len(ips))
+	}
+	return ips, nil
+}
+
+// parseNodeKey accepts the keys a node makes: ECDSA P-256 or P-384, or RSA
+// of 2048 bits or more.
+func parseNodeKey(data string) (crypto.PublicKey, error) {
+	pub, err := pki.ParsePublicKey([]byte(data))
+	if err != nil {
+		return nil, err
+	}
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve == elliptic.P256() || k.Curve == elliptic.P384() {
+			return pub, nil
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() >= 2048 {
+			return pub, nil
+		}
+	}
+	return nil, errors.New("use an ECDSA P-256 or P-384 key, or RSA of 2048 bits or more")
+}
+
+// kube is a client of this server's apiserver, made on first use (the
+// kubeconfig is written once the cluster's CAs are in place).
+func (n *nodeIssuer) kube() (kubernetes.Interface, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.client != nil {
+		return n.client, nil
+	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", n.kubeconfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	if n.client, err = kubernetes.NewForConfig(cfg); err != nil {
+		return nil, err
+	}
+	return n.client, nil
+}
+
+// claim binds name to password in a Secret, or checks the binding that is
+// there: the first machine to register a name owns it. A Node registered
+// without a binding (by other means) is not given away either.
+func (n *nodeIssuer) claim(ctx context.Context, name, password string) error {
+	cs, err := n.kube()
 	if err != nil {
 		return err
 	}
@@ -114,6 +196,12 @@ func (n *nodeIssuer) claim(ctx context.Context, name, password string) error {
 			return nil
 		}
 		if !apierrors.IsNotFound(err) {
+			return err
+		}
+		if _, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("%w: a node named %s exists, registered without a node password; give this node another name "+
+				"(--node-name), or if it replaces that machine, delete the node first: kubectl delete node %s", join.ErrNameTaken, name, name)
+		} else if !apierrors.IsNotFound(err) {
 			return err
 		}
 		salt := make([]byte, 16)

@@ -139,7 +139,8 @@ func Run(ctx context.Context, cfg Config) error {
 		ms, err := m.Members(ctx)
 		return joinMembers(ms), err
 	}
-	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin")}).issue
+	_, serviceNet, _ := net.ParseCIDR(cfg.ServiceCIDR)
+	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin"), clusterDomain: cfg.ClusterDomain, serviceNet: serviceNet}).issue
 	joinSrv.Register(sup.Handle)
 
 	components := []component.Component{&dataDir{layout: l}}

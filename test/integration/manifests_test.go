@@ -16,7 +16,8 @@ import (
 
 // TestManifests: the manifests in <data-dir>/server/manifests are applied at
 // start, a file written or changed while the server runs is applied within
-// seconds, and a broken file is reported by name without holding the others.
+// seconds (a List's items one by one), and a broken file is reported by name
+// without holding the others.
 func TestManifests(t *testing.T) {
 	s := harness.NewServer(t, "server")
 	dir := s.Layout().Manifests()
@@ -56,7 +57,18 @@ metadata:
 data:
   mode: second
 `)
+	write("list.yaml", `apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: from-list
+  data:
+    k: listed
+`)
 	waitData(t, cs, "default", "later", "k", "v")
+	waitData(t, cs, "default", "from-list", "k", "listed")
 	waitData(t, cs, "app", "settings", "mode", "second")
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(s.CurrentLog(), filepath.Join(dir, "broken.yaml")) {

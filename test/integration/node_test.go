@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -91,10 +93,29 @@ func TestNodeCredentials(t *testing.T) {
 	if _, err := client.Node(ctx, thief); !errors.Is(err, join.ErrNameTaken) || !strings.Contains(err.Error(), "--node-name") {
 		t.Fatalf("another machine claiming agent-1: want the name refused, got %v", err)
 	}
-	bad := req
-	bad.Name, bad.ClientKey = "agent-3", "not a key"
-	if _, err := client.Node(ctx, bad); err == nil || !strings.Contains(err.Error(), "client key") {
-		t.Fatalf("a malformed key: want it named, got %v", err)
+	// What a node's serving certificate (from the server CA) must not name,
+	// weak or foreign keys, and a name another way registered are refused.
+	weak, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Client().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "legacy"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for what, change := range map[string]func(*join.NodeRequest){
+		"client key":                         func(r *join.NodeRequest) { r.ClientKey = "not a key" },
+		"RSA of 2048 bits or more":           func(r *join.NodeRequest) { r.ServingKey = publicPEM(t, weak) },
+		"the cluster's API is reached":       func(r *join.NodeRequest) { r.Name = "kubernetes.default.svc.cluster.local" },
+		"in the Service range":               func(r *join.NodeRequest) { r.IPs = []string{"10.43.0.1"} },
+		"loopback":                           func(r *join.NodeRequest) { r.IPs = []string{"127.0.0.1"} },
+		"registered without a node password": func(r *join.NodeRequest) { r.Name = "legacy" },
+	} {
+		bad := req
+		bad.Name = "agent-3"
+		change(&bad)
+		if _, err := client.Node(ctx, bad); err == nil || !strings.Contains(err.Error(), what) {
+			t.Errorf("a request with %s: want refused saying so, got %v", what, err)
+		}
 	}
 
 	// The wrong secret is refused before anything is issued.

@@ -49,11 +49,12 @@ func (c *Client) Members(ctx context.Context) ([]datastore.Member, error) {
 // RemoveMember implements datastore.Membership: it removes a member through
 // the leader, unless that loses the quorum; it waits up to 15 s for an
 // election under way.
-func (c *Client) RemoveMember(ctx context.Context, id string) error {
+func (c *Client) RemoveMember(ctx context.Context, id string) (datastore.Member, error) {
 	body, _ := json.Marshal(Member{ID: id})
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	return untilLeader(ctx, func(ctx context.Context) error { return callRPC(ctx, c.hc, c.addr, "POST", "/remove", body, nil) })
+	err := untilLeader(ctx, func(ctx context.Context) error { return callRPC(ctx, c.hc, c.addr, "POST", "/remove", body, nil) })
+	return datastore.Member{Name: id}, err
 }
 
 // Snapshot streams a copy of the member's SQLite state (a voter's only).

@@ -165,6 +165,7 @@ func (d *Datastore) Failed() <-chan error {
 		case <-d.node.Removed():
 			ch <- ErrRemoved
 		case <-d.node.stop:
+			close(ch)
 		}
 	}()
 	return ch
@@ -178,8 +179,8 @@ func (d *Datastore) Members(ctx context.Context) ([]datastore.Member, error) {
 
 // RemoveMember implements datastore.Membership; the leader refuses a removal
 // that would lose the quorum.
-func (d *Datastore) RemoveMember(ctx context.Context, name string) error {
-	return d.node.RemoveMember(ctx, name)
+func (d *Datastore) RemoveMember(ctx context.Context, name string) (datastore.Member, error) {
+	return datastore.Member{Name: name}, d.node.RemoveMember(ctx, name)
 }
 
 // Stop stops serving, then the member.

@@ -21,9 +21,8 @@ func (m Membership) Members(ctx context.Context) ([]datastore.Member, error) {
 }
 
 // RemoveMember implements datastore.Membership.
-func (m Membership) RemoveMember(ctx context.Context, name string) error {
-	_, err := RemoveMember(ctx, m.Client, name)
-	return err
+func (m Membership) RemoveMember(ctx context.Context, name string) (datastore.Member, error) {
+	return RemoveMember(ctx, m.Client, name)
 }
 
 // Members implements datastore.Membership through the member's own endpoint.
@@ -37,10 +36,10 @@ func (e *Etcd) Members(ctx context.Context) ([]datastore.Member, error) {
 }
 
 // RemoveMember implements datastore.Membership through the member's own endpoint.
-func (e *Etcd) RemoveMember(ctx context.Context, name string) error {
+func (e *Etcd) RemoveMember(ctx context.Context, name string) (datastore.Member, error) {
 	cli, err := datastore.Client(e.Endpoint())
 	if err != nil {
-		return err
+		return datastore.Member{}, err
 	}
 	defer cli.Close()
 	return Membership{cli}.RemoveMember(ctx, name)
