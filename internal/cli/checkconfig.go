@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"text/tabwriter"
@@ -22,9 +21,7 @@ func newCheckConfigCommand() *cobra.Command {
 			out := cmd.OutOrStdout()
 			switch output {
 			case "json":
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(fs); err != nil {
+				if err := writeJSON(out, fs); err != nil {
 					return err
 				}
 			case "table":
