@@ -56,7 +56,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var reset *clusterReset
 	if cfg.ClusterReset {
-		if reset, err = planReset(cfg, tok, cfg.etcdMember(id)); err != nil {
+		if reset, err = planReset(cfg, id.Token, cfg.etcdMember(id)); err != nil {
 			return err
 		}
 	}
@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg Config) error {
 	boot := &clusterBootstrap{
 		ds:        ds,
 		tlsDir:    tlsDir,
-		tok:       tok,
+		tok:       id.Token,
 		tokenPath: l.Token(),
 		critical:  critical,
 		afterShared: func() error {
@@ -120,14 +120,14 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 
 	joinSrv := &join.Server{
-		Token: tok, CAFile: tlsDir.Cert(pki.ServerCA),
+		Token: id.Token, CAFile: tlsDir.Cert(pki.ServerCA),
 		Bootstrap: func(ctx context.Context) (bootstrap.Data, error) {
 			cli, err := datastore.Client(ds.Endpoint())
 			if err != nil {
 				return bootstrap.Data{}, err
 			}
 			defer cli.Close()
-			d, _, err := bootstrap.Load(ctx, cli, tok.Secret)
+			d, _, err := bootstrap.Load(ctx, cli, id.Token.Secret)
 			return d, err
 		},
 	}
@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 	components := []component.Component{&dataDir{layout: l}}
 	switch joining, isJoining := ds.(*joiningDatastore); {
 	case isJoining:
-		client, err := join.NewClient(cfg.Server, tok)
+		client, err := join.NewClient(cfg.Server, id.Token)
 		if err != nil {
 			return err
 		}
