@@ -11,6 +11,11 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 command -v ip >/dev/null || need+=(iproute2)                                     # namespace hosts
 command -v iptables >/dev/null || need+=(iptables)                               # partitions and the peer proxy
 command -v etcd >/dev/null || need+=(etcd-server)                                # the benchmarks' external-etcd peer
+# The node bundle ('make build'): runc is built with cgo against libseccomp, the pause image with gcc -static.
+compgen -G "/usr/lib/*/pkgconfig/libseccomp.pc" >/dev/null || need+=(libseccomp-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v gcc >/dev/null || need+=(gcc)
+compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev)
 if ((${#need[@]})); then
   if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
     echo "the tests need these Debian packages: ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2
