@@ -17,6 +17,9 @@ func newServerCommand() *cobra.Command {
 		Short: "Run a control-plane server",
 		Long: `Run a Kubernetes control-plane server: kube-apiserver, kube-controller-manager
 and kube-scheduler in one process, on an embedded SQLite datastore by default.
+The server is a node too (containerd, the kubelet, the pod network and
+kube-proxy; see hakube agent --help) unless --disable-agent is given; its node
+is labelled node-role.kubernetes.io/control-plane.
 
 The token is taken from --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN, in that
 order; without one a random token is generated and stored in
@@ -80,6 +83,8 @@ order; without one a random token is generated and stored in
 	f.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "serve Go's profiles at http://127.0.0.1:2381/debug/pprof/ (embedded etcd or Dqlite)")
 	f.BoolVar(&cfg.ExposeMetrics, "etcd-expose-metrics", false, "serve the datastore's and supervisor's Prometheus metrics on <node-ip>:2381 too (always on 127.0.0.1:2381 with embedded etcd or Dqlite)")
 	addS3Flags(f, &cfg.S3)
+	f.BoolVar(&cfg.DisableAgent, "disable-agent", false, "run the control plane alone: this server is not a node (no kubelet, containerd or pod network)")
+	addNodeFlags(f, &cfg.Node)
 	f.BoolVar(&cfg.DisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")
 	return cmd
 }

@@ -1,4 +1,6 @@
-package server
+// Package datadir prepares a process's data directory: Init only checks, so a
+// data dir that cannot be used fails before anything is created.
+package datadir
 
 import (
 	"context"
@@ -12,37 +14,39 @@ import (
 	"github.com/hakube/hakube/internal/layout"
 )
 
-// dataDir prepares the data directory. Init only checks, so a data dir that
-// cannot be used fails before anything is created.
-type dataDir struct{ layout layout.Layout }
+// DataDir is the component; Dirs (the role's, e.g. server/) are made 0700.
+type DataDir struct {
+	Layout layout.Layout
+	Dirs   []string
+}
 
-func (d *dataDir) Name() string { return "data dir" }
+func (d *DataDir) Name() string { return "data dir" }
 
-func (d *dataDir) Init(context.Context) error {
-	existing := d.layout.DataDir()
+func (d *DataDir) Init(context.Context) error {
+	existing := d.Layout.DataDir()
 	for {
 		fi, err := os.Stat(existing)
 		if err == nil {
 			if !fi.IsDir() {
-				return fmt.Errorf("--data-dir %s cannot be used: %s is not a directory", d.layout.DataDir(), existing)
+				return fmt.Errorf("--data-dir %s cannot be used: %s is not a directory", d.Layout.DataDir(), existing)
 			}
 			break
 		}
 		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
-			return fmt.Errorf("--data-dir %s cannot be used: %w", d.layout.DataDir(), err)
+			return fmt.Errorf("--data-dir %s cannot be used: %w", d.Layout.DataDir(), err)
 		}
 		existing = filepath.Dir(existing)
 	}
 	f, err := os.CreateTemp(existing, ".hakube-write-test-*")
 	if err != nil {
-		return fmt.Errorf("--data-dir %s is not writable (%v); run as root or choose another --data-dir", d.layout.DataDir(), unwrapPath(err))
+		return fmt.Errorf("--data-dir %s is not writable (%v); run as root or choose another --data-dir", d.Layout.DataDir(), unwrapPath(err))
 	}
 	f.Close()
 	return os.Remove(f.Name())
 }
 
-func (d *dataDir) Start(context.Context) error {
-	for _, dir := range []string{d.layout.DataDir(), d.layout.ServerDir()} {
+func (d *DataDir) Start(context.Context) error {
+	for _, dir := range append([]string{d.Layout.DataDir()}, d.Dirs...) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
@@ -53,7 +57,7 @@ func (d *dataDir) Start(context.Context) error {
 	return nil
 }
 
-func (d *dataDir) Stop() error { return nil }
+func (d *DataDir) Stop() error { return nil }
 
 // unwrapPath drops the path from a *fs.PathError, which the message already names.
 func unwrapPath(err error) error {

@@ -59,9 +59,13 @@ type NodeRequest struct {
 	IPs  []string `json:"ips"`
 	// Password binds the name to the machine that registered it first.
 	Password string `json:"password"`
-	// ClientKey and ServingKey are PEM public keys; the private keys stay on the node.
+	// ClientKey (the kubelet's), ServingKey, ProxyKey (kube-proxy's) and
+	// NetworkKey (flannel's) are PEM public keys; the private keys stay on
+	// the node.
 	ClientKey  string `json:"clientKey"`
 	ServingKey string `json:"servingKey"`
+	ProxyKey   string `json:"proxyKey"`
+	NetworkKey string `json:"networkKey"`
 }
 
 // NodeCredentials is what a node receives: certificates only, PEM.
@@ -72,6 +76,24 @@ type NodeCredentials struct {
 	ClientCA    string `json:"clientCA"`
 	ClientCert  string `json:"clientCert"`
 	ServingCert string `json:"servingCert"`
+	// ProxyCert is user system:kube-proxy; NetworkCert is flannel's user,
+	// NetworkUser, which may read and annotate every Node (the Node
+	// authorizer lets a kubelet see only its own).
+	ProxyCert   string      `json:"proxyCert"`
+	NetworkCert string      `json:"networkCert"`
+	Cluster     NodeCluster `json:"cluster"`
+}
+
+// NetworkUser is the pod network's identity (flannel), bound to its role by
+// the server's RBAC manifest.
+const NetworkUser = "system:hakube-flannel"
+
+// NodeCluster is the cluster configuration a node's daemons need.
+type NodeCluster struct {
+	ClusterCIDR   string `json:"clusterCIDR"`
+	ServiceCIDR   string `json:"serviceCIDR"`
+	ClusterDNS    string `json:"clusterDNS"`
+	ClusterDomain string `json:"clusterDomain"`
 }
 
 // ErrNameTaken refuses a node whose name another machine registered.

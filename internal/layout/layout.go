@@ -1,6 +1,7 @@
 // Package layout names every path under a data directory, so that no other
 // code joins data-dir paths by hand and a file's place is decided once. A
-// server keeps its state under server/.
+// server keeps its state under server/, a node (an agent, or a server that is
+// a node) under agent/.
 package layout
 
 import (
@@ -9,7 +10,7 @@ import (
 	"github.com/hakube/hakube/internal/pki"
 )
 
-// Layout is the data directory of one server.
+// Layout is the data directory of one server or agent.
 type Layout struct{ dir string }
 
 // New returns the layout of dataDir (an absolute path).
@@ -69,3 +70,64 @@ func (l Layout) Snapshots() string { return filepath.Join(l.DB(), "snapshots") }
 // ResetMarker is left by a completed --cluster-reset until the server
 // starts without it.
 func (l Layout) ResetMarker() string { return filepath.Join(l.DB(), "cluster-reset-done") }
+
+// AgentDir holds everything of the node role (mode 0700).
+func (l Layout) AgentDir() string { return filepath.Join(l.dir, "agent") }
+
+// AgentTLS holds the node's keys, its certificates and the cluster CAs'
+// certificates (never their keys).
+func (l Layout) AgentTLS() pki.Dir { return pki.Dir(filepath.Join(l.AgentDir(), "tls")) }
+
+// AgentKubeconfig is the kubeconfig a node daemon (kubelet, kube-proxy,
+// flannel) reaches the API with.
+func (l Layout) AgentKubeconfig(daemon string) string {
+	return filepath.Join(l.AgentDir(), daemon+".kubeconfig")
+}
+
+// NodePassword binds this machine to its node name (made on first join).
+func (l Layout) NodePassword() string { return filepath.Join(l.AgentDir(), "node-password") }
+
+// Servers is the client-side load balancer's last list of servers, so an
+// agent restarted while its --server is down still finds the others.
+func (l Layout) Servers() string { return filepath.Join(l.AgentDir(), "etc", "servers.json") }
+
+// Containerd is containerd's root (images, snapshots, its own state).
+func (l Layout) Containerd() string { return filepath.Join(l.AgentDir(), "containerd") }
+
+// ContainerdConfig is the containerd configuration hakube generates.
+func (l Layout) ContainerdConfig() string {
+	return filepath.Join(l.AgentDir(), "etc", "containerd", "config.toml")
+}
+
+// ContainerdState is containerd's state directory (sockets, FIFOs).
+func (l Layout) ContainerdState() string { return filepath.Join(l.AgentDir(), "run", "containerd") }
+
+// ContainerdSocket is containerd's gRPC (and CRI) socket.
+func (l Layout) ContainerdSocket() string {
+	return filepath.Join(l.ContainerdState(), "containerd.sock")
+}
+
+// ContainerdLog is containerd's output.
+func (l Layout) ContainerdLog() string { return filepath.Join(l.Containerd(), "containerd.log") }
+
+// Images holds image tarballs imported, and pinned, when the node starts.
+func (l Layout) Images() string { return filepath.Join(l.AgentDir(), "images") }
+
+// KubeletConfig is the kubelet configuration file hakube generates.
+func (l Layout) KubeletConfig() string { return filepath.Join(l.AgentDir(), "etc", "kubelet.yaml") }
+
+// CNIConf is the CNI configuration directory containerd reads.
+func (l Layout) CNIConf() string { return filepath.Join(l.AgentDir(), "etc", "cni", "net.d") }
+
+// CNIState is where host-local keeps the pod IPs it handed out.
+func (l Layout) CNIState() string { return filepath.Join(l.AgentDir(), "cni", "networks") }
+
+// FlannelNetConf is flannel's network configuration.
+func (l Layout) FlannelNetConf() string {
+	return filepath.Join(l.AgentDir(), "etc", "flannel", "net-conf.json")
+}
+
+// FlannelSubnet is flannel's lease of this node's pod subnet.
+func (l Layout) FlannelSubnet() string {
+	return filepath.Join(l.AgentDir(), "run", "flannel", "subnet.env")
+}

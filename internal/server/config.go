@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/hakube/hakube/internal/agent"
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/external"
@@ -84,6 +85,11 @@ type Config struct {
 	// S3 receives copies of scheduled snapshots, and is where a restore
 	// looks for a snapshot name it does not find locally.
 	S3 snapshot.S3Config
+
+	// DisableAgent runs the control plane alone; otherwise the server is a
+	// node too, configured by Node.
+	DisableAgent bool
+	Node         agent.NodeConfig
 }
 
 // NewConfig returns a Config holding the defaults.
@@ -101,6 +107,7 @@ func NewConfig() Config {
 		SnapshotSchedule:    "0 */12 * * *",
 		SnapshotRetention:   5,
 		S3:                  snapshot.NewS3Config(),
+		Node:                agent.NewNodeConfig(),
 	}
 }
 
@@ -189,6 +196,11 @@ func (c Config) Validate() error {
 		}
 		if c.Token == "" && c.TokenFile == "" && !fsutil.Exists(c.layout().Token()) {
 			add("--server needs the cluster's token: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN (it is in <data-dir>/server/token on the first server)")
+		}
+	}
+	if !c.DisableAgent {
+		if err := c.Node.Validate(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.ClusterResetRestorePath != "" && !c.ClusterReset {

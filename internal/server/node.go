@@ -51,6 +51,8 @@ type nodeIssuer struct {
 	// Service range, loopback.
 	clusterDomain string
 	serviceNet    *net.IPNet
+	// cluster is what every node is told of the cluster.
+	cluster join.NodeCluster
 
 	mu     sync.Mutex
 	client kubernetes.Interface
@@ -75,6 +77,14 @@ func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.Node
 	if err != nil {
 		return join.NodeCredentials{}, join.BadRequest("serving key: %v", err)
 	}
+	proxyPub, err := parseNodeKey(req.ProxyKey)
+	if err != nil {
+		return join.NodeCredentials{}, join.BadRequest("kube-proxy key: %v", err)
+	}
+	networkPub, err := parseNodeKey(req.NetworkKey)
+	if err != nil {
+		return join.NodeCredentials{}, join.BadRequest("network key: %v", err)
+	}
 	if err := n.claim(ctx, req.Name, req.Password); err != nil {
 		return join.NodeCredentials{}, err
 	}
@@ -95,7 +105,17 @@ func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.Node
 	if err != nil {
 		return creds, err
 	}
+	proxy, err := clientCA.Sign(pki.Leaf{CommonName: "system:kube-proxy", Usage: pki.ClientAuth}, proxyPub)
+	if err != nil {
+		return creds, err
+	}
+	network, err := clientCA.Sign(pki.Leaf{CommonName: join.NetworkUser, Usage: pki.ClientAuth}, networkPub)
+	if err != nil {
+		return creds, err
+	}
 	creds.ClientCert, creds.ServingCert = string(client), string(serving)
+	creds.ProxyCert, creds.NetworkCert = string(proxy), string(network)
+	creds.Cluster = n.cluster
 	creds.ServerCA, creds.ClientCA = string(serverCA.CertPEM), string(clientCA.CertPEM)
 	return creds, nil
 }

@@ -11,9 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
+	"github.com/hakube/hakube/internal/agent"
 	"github.com/hakube/hakube/internal/bootstrap"
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/controlplane"
+	"github.com/hakube/hakube/internal/datadir"
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/dqlite"
 	"github.com/hakube/hakube/internal/datastore/etcd"
@@ -140,10 +142,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return joinMembers(ms), err
 	}
 	_, serviceNet, _ := net.ParseCIDR(cfg.ServiceCIDR)
-	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin"), clusterDomain: cfg.ClusterDomain, serviceNet: serviceNet}).issue
+	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin"), clusterDomain: cfg.ClusterDomain, serviceNet: serviceNet,
+		cluster: join.NodeCluster{ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain}}).issue
 	joinSrv.Register(sup.Handle)
 
-	components := []component.Component{&dataDir{layout: l}}
+	dirs := []string{l.ServerDir()}
+	if !cfg.DisableAgent {
+		dirs = append(dirs, l.AgentDir())
+	}
+	components := []component.Component{&datadir.DataDir{Layout: l, Dirs: dirs}}
 	switch joining, isJoining := ds.(*joiningDatastore); {
 	case isJoining:
 		client, err := join.NewClient(cfg.Server, id.Token)
@@ -160,6 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, sup, api, kcm, sched,
+		step("built-in manifests", func(context.Context) error { return writeBuiltinManifests(l.Manifests(), cfg) }),
 		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
 	if ds.Kind().Clustered() {
 		hosts := []string{"127.0.0.1"}
@@ -177,6 +185,17 @@ func Run(ctx context.Context, cfg Config) error {
 		if !cfg.DisableSnapshots {
 			components = append(components, snapshot.NewScheduler(cfg.snapshotConfig()))
 		}
+	}
+	if !cfg.DisableAgent {
+		// The server's node joins its own supervisor with the token, as a
+		// remote agent does.
+		local := "https://127.0.0.1:" + strconv.Itoa(cfg.HTTPSPort)
+		node, err := agent.Node{NodeConfig: cfg.Node, ID: id, JoinURL: local, APIServer: local}.Components()
+		if err != nil {
+			return err
+		}
+		components = append(components, &controlPlaneLabel{node: id.Name, kubeconfig: l.Kubeconfig("admin")})
+		components = append(components, node...)
 	}
 	return runner.Run(ctx, runner.Config{
 		Name:       "server",

@@ -20,7 +20,7 @@ func TestDqliteHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 4)
 	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
 	fig := figures{}
-	defer fig.write(t, "e2e-dqlite-figures.json")
+	defer fig.Write(t, "e2e-dqlite-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 
 	// Server 1 snapshots every 5 s and keeps 2, through every restart below.
@@ -59,7 +59,7 @@ func TestDqliteHACluster(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	fig.record(t, "dqlite_failover_leader_kill_to_write", time.Since(killed))
+	fig.Record(t, "dqlite_failover_leader_kill_to_write", time.Since(killed))
 	checkStatus(t, c, others[0], "dqlite", victim)
 	createConfigMaps(t, others[1], "during-outage", 20)
 	victim.Start()
@@ -92,7 +92,7 @@ func TestDqliteHACluster(t *testing.T) {
 	}
 	began := time.Now()
 	c.StartAllReversed(t, 4*time.Minute)
-	fig.record(t, "dqlite_cold_restart_reverse_order", time.Since(began))
+	fig.Record(t, "dqlite_cold_restart_reverse_order", time.Since(began))
 	if n := countConfigMaps(t, s1, "bulk"); n != 100 {
 		t.Fatalf("after the cold restart %d of 100 configmaps", n)
 	}

@@ -32,21 +32,7 @@ import (
 const secret = "e2e-cluster-secret"
 
 // figures are recorded, printed and written to a JSON report; never asserted.
-type figures map[string]float64
-
-func (f figures) record(t *testing.T, name string, d time.Duration) {
-	f[name] = d.Seconds()
-	t.Logf("FIGURE %s=%.2fs", name, d.Seconds())
-}
-
-func (f figures) write(t *testing.T, file string) {
-	dir := filepath.Join("..", "artifacts")
-	_ = os.MkdirAll(dir, 0o755)
-	b, _ := json.MarshalIndent(f, "", "  ")
-	if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
-		t.Log(err)
-	}
-}
+type figures = harness.Figures
 
 // cluster is the harness cluster with helpers bound to one (sub)test.
 type cluster struct {
@@ -100,7 +86,7 @@ func TestHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 5)
 	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
 	fig := figures{}
-	defer fig.write(t, "e2e-ha-figures.json")
+	defer fig.Write(t, "e2e-ha-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
 
 	// Form: server 1 with --cluster-init, then servers 2 and 3 join at the same
@@ -267,7 +253,7 @@ func formInParallel(t *testing.T, c *cluster, fig figures, prefix string, progre
 	s1, joiners := c.Servers[0], c.Servers[1:]
 	began := time.Now()
 	s1.Start(append([]string{"--cluster-init"}, initArgs...)...)
-	fig.record(t, prefix+"first_server_ready", time.Since(began))
+	fig.Record(t, prefix+"first_server_ready", time.Since(began))
 	joinBegan := time.Now()
 	for _, s := range joiners {
 		if err := s.StartAsync("--server", s1.URL()); err != nil {
@@ -279,9 +265,9 @@ func formInParallel(t *testing.T, c *cluster, fig figures, prefix string, progre
 			t.Fatal(err)
 		}
 	}
-	fig.record(t, prefix+"two_parallel_joins_to_voter", time.Since(joinBegan))
+	fig.Record(t, prefix+"two_parallel_joins_to_voter", time.Since(joinBegan))
 	c.waitVoters(s1, len(c.Servers))
-	fig.record(t, prefix+"form_three_server_cluster", time.Since(began))
+	fig.Record(t, prefix+"form_three_server_cluster", time.Since(began))
 	want := append([]string{"CA of", "bootstrap data fetched", "hakube is ready"}, progress...)
 	for _, s := range joiners {
 		log := s.CurrentLog()
@@ -307,14 +293,14 @@ func leaderFailover(t *testing.T, c *cluster, fig figures) {
 		}
 	}
 	t.Logf("etcd leader is on %s; killing it", victim.Name)
-	fig.record(t, "failover_leader_kill_to_write", killAndWrite(t, victim, others[0], "failover-probe"))
+	fig.Record(t, "failover_leader_kill_to_write", killAndWrite(t, victim, others[0], "failover-probe"))
 	checkStatus(t, c, others[0], "etcd", victim)
 	createConfigMaps(t, others[0], "during-outage-a", 25)
 	createConfigMaps(t, others[1], "during-outage-b", 25)
 
 	began := time.Now()
 	victim.Start()
-	fig.record(t, "killed_server_restart_ready", time.Since(began))
+	fig.Record(t, "killed_server_restart_ready", time.Since(began))
 	for prefix, want := range map[string]int{"bulk": 200, "during-outage-a": 25, "during-outage-b": 25} {
 		if n := countConfigMaps(t, victim, prefix); n != want {
 			t.Fatalf("restarted %s sees %d of %d %s configmaps", victim.Name, n, want, prefix)
@@ -438,7 +424,7 @@ func removeAndRejoin(kind string, bulk int) func(*testing.T, *cluster, figures) 
 
 		began := time.Now()
 		s3.Start("--server", s1.URL())
-		fig.record(t, strings.TrimPrefix(kind+"_", "etcd_")+"removed_member_rejoin_ready", time.Since(began))
+		fig.Record(t, strings.TrimPrefix(kind+"_", "etcd_")+"removed_member_rejoin_ready", time.Since(began))
 		if !strings.Contains(s3.CurrentLog(), "old data is kept in") {
 			t.Error("rejoining server did not say where it kept its old data")
 		}
@@ -484,7 +470,7 @@ func coldRestart(t *testing.T, c *cluster, fig figures) {
 			t.Fatal(err)
 		}
 	}
-	fig.record(t, "cold_restart_reverse_order", time.Since(began))
+	fig.Record(t, "cold_restart_reverse_order", time.Since(began))
 	c.waitVoters(c.Servers[0], 3)
 	for _, s := range c.Servers {
 		if n := countConfigMaps(t, s, "bulk"); n != 200 {

@@ -20,7 +20,7 @@ import (
 func TestSQLiteToEtcdMigration(t *testing.T) {
 	nw := harness.NewNetwork(t, 2)
 	fig := figures{}
-	defer fig.write(t, "e2e-migration-figures.json")
+	defer fig.Write(t, "e2e-migration-figures.json")
 	s1 := nw.Hosts[0].Server(t, "m1")
 	s1.Env = []string{"HAKUBE_TOKEN=" + secret}
 	s1.Start()
@@ -46,7 +46,7 @@ func TestSQLiteToEtcdMigration(t *testing.T) {
 
 	began := time.Now()
 	s1.Start("--cluster-init")
-	fig.record(t, "migrate_500_objects_to_ready", time.Since(began))
+	fig.Record(t, "migrate_500_objects_to_ready", time.Since(began))
 	if n := countConfigMaps(t, s1, "mig"); n != 480 {
 		t.Fatalf("%d of 480 configmaps after migration", n)
 	}

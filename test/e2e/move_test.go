@@ -32,13 +32,13 @@ func TestDqliteToEtcdAndBack(t *testing.T) {
 	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
 	c.InitArgs = []string{"--datastore=dqlite"}
 	fig := figures{}
-	defer fig.write(t, "e2e-move-figures.json")
+	defer fig.Write(t, "e2e-move-figures.json")
 	c.Form(t)
 	s1 := c.Servers[0]
 
 	began := time.Now()
 	createMoveObjects(t, s1)
-	fig.record(t, "create_1000_objects", time.Since(began))
+	fig.Record(t, "create_1000_objects", time.Since(began))
 	want := moveObjects(t, s1)
 	if len(want) != 1000 {
 		t.Fatalf("%d objects listed after creating 1000", len(want))
@@ -72,7 +72,7 @@ func moveCluster(t *testing.T, c *cluster, fig figures, to string, down *harness
 	}
 	began := time.Now()
 	s1.Start("--cluster-init", "--datastore="+to)
-	fig.record(t, "move_to_"+to+"_server1_ready", time.Since(began))
+	fig.Record(t, "move_to_"+to+"_server1_ready", time.Since(began))
 	m := regexp.MustCompile(`migrate: copied (\d+) keys from (\w+) into ` + to).FindStringSubmatch(s1.CurrentLog())
 	if m == nil {
 		t.Fatalf("%s did not report the copy into %s", s1.Name, to)
@@ -106,7 +106,7 @@ func moveCluster(t *testing.T, c *cluster, fig figures, to string, down *harness
 		}
 	}
 	c.waitVoters(s1, 3)
-	fig.record(t, "move_to_"+to+"_others_rejoined", time.Since(began))
+	fig.Record(t, "move_to_"+to+"_others_rejoined", time.Since(began))
 }
 
 // loseLeader kills the leader, waits for a write through another server, and
@@ -120,7 +120,7 @@ func loseLeader(t *testing.T, c *cluster, fig figures, kind string) {
 			other = s
 		}
 	}
-	fig.record(t, kind+"_after_move_leader_kill_to_write", killAndWrite(t, victim, other, kind+"-failover-probe"))
+	fig.Record(t, kind+"_after_move_leader_kill_to_write", killAndWrite(t, victim, other, kind+"-failover-probe"))
 	victim.Start()
 	c.waitVoters(c.Servers[0], 3)
 }

@@ -41,7 +41,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 		n := restoreObjects(t)
 		began := time.Now()
 		createConfigMaps(t, s1, "kept", n)
-		fig.record(t, kind+"_create_"+strconv.Itoa(n)+"_objects", time.Since(began))
+		fig.Record(t, kind+"_create_"+strconv.Itoa(n)+"_objects", time.Since(began))
 		var store *harness.S3
 		if viaS3 {
 			h := c.Net.Hosts[fresh]
@@ -66,7 +66,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 
 		began = time.Now()
 		s1.Start("--cluster-reset")
-		fig.record(t, kind+"_cluster_reset_ready", time.Since(began))
+		fig.Record(t, kind+"_cluster_reset_ready", time.Since(began))
 		log := s1.CurrentLog()
 		for _, want := range []string{"cluster reset done", "only member", "--server " + s1.URL()} {
 			if !strings.Contains(log, want) {
@@ -103,7 +103,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 			}
 		}
 		c.waitVoters(s1, 3)
-		fig.record(t, kind+"_others_rejoined_after_reset", time.Since(began))
+		fig.Record(t, kind+"_others_rejoined_after_reset", time.Since(began))
 		for prefix, want := range map[string]int{"kept": n - deleted, "after-snapshot": 20, "after-reset": 10} {
 			if got := countConfigMaps(t, s3, prefix); got != want {
 				t.Fatalf("rejoined %s lists %d of %d %s configmaps", s3.Name, got, want, prefix)
@@ -222,7 +222,7 @@ func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, ki
 	if store != nil && !strings.Contains(fresh.CurrentLog(), "downloading snapshot "+snap.Name) {
 		t.Error("the fresh server did not say it downloaded the snapshot from S3")
 	}
-	fig.record(t, kind+"_restore_"+strconv.Itoa(n)+"_objects_ready", time.Since(began))
+	fig.Record(t, kind+"_restore_"+strconv.Itoa(n)+"_objects_ready", time.Since(began))
 	// The snapshot's state: the objects deleted after it are back, those
 	// created after it are not there.
 	for prefix, want := range map[string]int{"kept": n, "after-snapshot": 0} {

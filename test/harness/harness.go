@@ -121,6 +121,9 @@ type Server struct {
 	Host string
 	// Dial, when set, is how test clients connect (e.g. from inside a namespace).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Node makes the server a node too (on a node host: Host.NodeServer);
+	// otherwise it runs with --disable-agent.
+	Node bool
 }
 
 // NewServer prepares a server with its own data dir and ports; it is not started.
@@ -136,7 +139,11 @@ func NewServer(t testing.TB, name string) *Server {
 	}
 	s.Role, s.ReadyLine, s.readyTimeout = "server", "hakube is ready", 3*time.Minute
 	s.flags = func() []string {
-		return []string{"--data-dir", s.DataDir, "--write-kubeconfig", s.Kubeconfig, "--https-listen-port", strconv.Itoa(s.Port)}
+		f := []string{"--data-dir", s.DataDir, "--write-kubeconfig", s.Kubeconfig, "--https-listen-port", strconv.Itoa(s.Port)}
+		if !s.Node {
+			f = append(f, "--disable-agent")
+		}
+		return f
 	}
 	return s
 }

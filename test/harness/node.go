@@ -35,7 +35,8 @@ var NodePaths = []string{
 
 // kubeletSysctls are the machine-wide settings a kubelet with
 // protectKernelDefaults: false writes; the harness puts them back.
-var kubeletSysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"}
+var kubeletSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
 
 // node is what makes a Host a node host: a mount namespace of its own, held
 // open by a holder process, prepared once and entered by every process of the

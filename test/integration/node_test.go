@@ -44,9 +44,10 @@ func TestNodeCredentials(t *testing.T) {
 	}
 	client := nodeClient(t, s, tok)
 
-	clientKey, servingKey := newKey(t), newKey(t)
+	clientKey, servingKey, proxyKey, networkKey := newKey(t), newKey(t), newKey(t), newKey(t)
 	req := join.NodeRequest{Name: "agent-1", IPs: []string{"192.0.2.10"}, Password: "first-machine-password",
-		ClientKey: publicPEM(t, clientKey), ServingKey: publicPEM(t, servingKey)}
+		ClientKey: publicPEM(t, clientKey), ServingKey: publicPEM(t, servingKey),
+		ProxyKey: publicPEM(t, proxyKey), NetworkKey: publicPEM(t, networkKey)}
 	creds, err := client.Node(ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +63,15 @@ func TestNodeCredentials(t *testing.T) {
 	cc := verifyLeaf(t, creds.ClientCert, creds.ClientCA, clientKey, x509.ExtKeyUsageClientAuth)
 	if cc.Subject.CommonName != "system:node:agent-1" || len(cc.Subject.Organization) != 1 || cc.Subject.Organization[0] != "system:nodes" {
 		t.Fatalf("kubelet client certificate subject %v", cc.Subject)
+	}
+	if pc := verifyLeaf(t, creds.ProxyCert, creds.ClientCA, proxyKey, x509.ExtKeyUsageClientAuth); pc.Subject.CommonName != "system:kube-proxy" || len(pc.Subject.Organization) != 0 {
+		t.Fatalf("kube-proxy client certificate subject %v", pc.Subject)
+	}
+	if nc := verifyLeaf(t, creds.NetworkCert, creds.ClientCA, networkKey, x509.ExtKeyUsageClientAuth); nc.Subject.CommonName != join.NetworkUser || len(nc.Subject.Organization) != 0 {
+		t.Fatalf("network client certificate subject %v", nc.Subject)
+	}
+	if creds.Cluster.ClusterCIDR != "10.42.0.0/16" || creds.Cluster.ClusterDNS != "10.43.0.10" || creds.Cluster.ClusterDomain != "cluster.local" {
+		t.Fatalf("the node was told the cluster is %+v", creds.Cluster)
 	}
 	sc := verifyLeaf(t, creds.ServingCert, creds.ServerCA, servingKey, x509.ExtKeyUsageServerAuth)
 	if len(sc.IPAddresses) != 1 || sc.IPAddresses[0].String() != "192.0.2.10" || len(sc.DNSNames) != 1 || sc.DNSNames[0] != "agent-1" {

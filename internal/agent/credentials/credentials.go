@@ -1,0 +1,203 @@
+// Package credentials gets a node its identity from a server: it checks the
+// server's CA against the token before it trusts it or sends anything, then
+// sends public keys only and receives certificates (the kubelet's client and
+// serving certificates, kube-proxy's and the pod network's). The keys and the
+// node password never leave the node.
+package credentials
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/kubeconfig"
+	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/token"
+)
+
+// Certificate names in the agent's TLS directory.
+const (
+	KubeletClient  = "client-kubelet"
+	KubeletServing = "serving-kubelet"
+	ProxyClient    = "client-kube-proxy"
+	NetworkClient  = "client-flannel"
+)
+
+// Kubeconfig names of the node daemons (layout.AgentKubeconfig).
+const (
+	Kubelet = "kubelet"
+	Proxy   = "kube-proxy"
+	Network = "flannel"
+)
+
+// Config is one node's request.
+type Config struct {
+	// Server is the supervisor to join through (https://<server>:6443).
+	Server string
+	Token  token.Token
+	Name   string
+	IPs    []net.IP
+	Layout layout.Layout
+	// APIServer is what the daemons' kubeconfigs name: the client-side load
+	// balancer on an agent, the local supervisor on a server.
+	APIServer string
+}
+
+// Credentials is the component that fetches them.
+type Credentials struct {
+	cfg     Config
+	client  *join.Client
+	cluster join.NodeCluster
+}
+
+// New returns the component.
+func New(cfg Config) *Credentials { return &Credentials{cfg: cfg} }
+
+func (c *Credentials) Name() string { return "node credentials" }
+
+func (c *Credentials) Init(context.Context) error {
+	var err error
+	c.client, err = join.NewClient(c.cfg.Server, c.cfg.Token)
+	return err
+}
+
+// Start waits for the server (it may be starting too), then fetches and
+// writes the node's credentials.
+func (c *Credentials) Start(ctx context.Context) error {
+	if err := c.verify(ctx); err != nil {
+		return err
+	}
+	klog.Infof("node: the CA of %s is verified against the token", c.cfg.Server)
+	tlsDir := c.cfg.Layout.AgentTLS()
+	if err := os.MkdirAll(string(tlsDir), 0o700); err != nil {
+		return err
+	}
+	password, err := c.password()
+	if err != nil {
+		return err
+	}
+	req := join.NodeRequest{Name: c.cfg.Name, Password: password}
+	for _, ip := range c.cfg.IPs {
+		req.IPs = append(req.IPs, ip.String())
+	}
+	for name, into := range map[string]*string{
+		KubeletClient: &req.ClientKey, KubeletServing: &req.ServingKey, ProxyClient: &req.ProxyKey, NetworkClient: &req.NetworkKey,
+	} {
+		if *into, err = publicKey(tlsDir.Key(name)); err != nil {
+			return err
+		}
+	}
+	creds, err := c.client.Node(ctx, req)
+	if errors.Is(err, join.ErrNameTaken) {
+		return fmt.Errorf("%w (this machine's password is %s: a machine that was reinstalled must be deleted first with 'kubectl delete node %s' "+
+			"and 'kubectl -n kube-system delete secret %s.node-password.hakube')", err, c.cfg.Layout.NodePassword(), c.cfg.Name, c.cfg.Name)
+	}
+	if err != nil {
+		return err
+	}
+	files := map[string]string{
+		tlsDir.Cert(pki.ServerCA): creds.ServerCA, tlsDir.Cert(pki.ClientCA): creds.ClientCA,
+		tlsDir.Cert(KubeletClient): creds.ClientCert, tlsDir.Cert(KubeletServing): creds.ServingCert,
+		tlsDir.Cert(ProxyClient): creds.ProxyCert, tlsDir.Cert(NetworkClient): creds.NetworkCert,
+	}
+	for path, pem := range files {
+		if pem == "" {
+			return fmt.Errorf("the server at %s sent no %s: is it an older hakube? upgrade the servers first", c.cfg.Server, path)
+		}
+		if err := fsutil.WriteFile(path, []byte(pem), 0o644); err != nil {
+			return err
+		}
+	}
+	for daemon, cert := range map[string]string{Kubelet: KubeletClient, Proxy: ProxyClient, Network: NetworkClient} {
+		if err := kubeconfig.Write(c.cfg.Layout.AgentKubeconfig(daemon), kubeconfig.Config{
+			Server: c.cfg.APIServer, CAFile: tlsDir.Cert(pki.ServerCA), CertFile: tlsDir.Cert(cert), KeyFile: tlsDir.Key(cert),
+		}, 0o600); err != nil {
+			return err
+		}
+	}
+	c.cluster = creds.Cluster
+	klog.Infof("node: certificates received for node %s", c.cfg.Name)
+	return nil
+}
+
+func (c *Credentials) Stop() error { return nil }
+
+// Cluster is what the server said of the cluster (after Start).
+func (c *Credentials) Cluster() join.NodeCluster { return c.cluster }
+
+// verify checks the server's CA, waiting while the server does not answer.
+func (c *Credentials) verify(ctx context.Context) error {
+	start, last := time.Now(), time.Time{}
+	for {
+		err := c.client.VerifyCA(ctx)
+		if !errors.Is(err, join.ErrUnreachable) {
+			return err
+		}
+		if time.Since(last) > 10*time.Second {
+			klog.Infof("node: waiting for the server at %s (%s so far): %v", c.cfg.Server, time.Since(start).Round(time.Second), err)
+			last = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the server at %s did not answer (%v): check --server and that the server runs", c.cfg.Server, err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// password is this machine's node password, made on first use.
+func (c *Credentials) password() (string, error) {
+	p := c.cfg.Layout.NodePassword()
+	if b, err := os.ReadFile(p); err == nil {
+		return string(b), nil
+	} else if !os.IsNotExist(err) {
+		return "", err
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	s := hex.EncodeToString(b)
+	return s, fsutil.WriteFile(p, []byte(s), 0o600)
+}
+
+// publicKey is the public half of the key at path, made on first use: a
+// node keeps its keys across restarts.
+func publicKey(path string) (string, error) {
+	var key crypto.Signer
+	if b, err := os.ReadFile(path); err == nil {
+		k, err := pki.ParseKey(b)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w (remove it to make a new key)", path, err)
+		}
+		key = k
+	} else if os.IsNotExist(err) {
+		k, err := pki.NewKey()
+		if err != nil {
+			return "", err
+		}
+		b, err := pki.EncodeKey(k)
+		if err != nil {
+			return "", err
+		}
+		if err := fsutil.WriteFile(path, b, 0o600); err != nil {
+			return "", err
+		}
+		key = k
+	} else {
+		return "", err
+	}
+	pub, err := pki.EncodePublicKey(key.Public())
+	return string(pub), err
+}

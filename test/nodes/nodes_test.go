@@ -1,0 +1,262 @@
+// Package nodes tests hakube's nodes end to end: servers that are nodes and
+// agents, each on a host of its own (network and mount namespaces), running
+// real pods with containerd, runc, flannel, kube-proxy and CoreDNS.
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/hakube/hakube/test/harness"
+)
+
+// TestServerAndAgent: a single server is a Ready node and runs a pod from an
+// image in agent/images; an agent joins; pods on the two nodes reach each
+// other by pod IP, a ClusterIP Service by its DNS name, a NodePort from a
+// node; kubectl logs, exec and port-forward work; a wrong token and a taken
+// node name are refused; a restarted node keeps its pods.
+func TestServerAndAgent(t *testing.T) {
+	fig := harness.Figures{}
+	defer fig.Write(t, "nodes-figures.json")
+	nw := harness.NewNodeNetwork(t, 3)
+	h1, h2, h3 := nw.Hosts[0], nw.Hosts[1], nw.Hosts[2]
+
+	s := h1.NodeServer(t, "server-1")
+	addTestImage(t, s.Layout().Images())
+	began := time.Now()
+	s.Start()
+	cs := s.Client()
+	ctx := context.Background()
+	waitFor(t, 2*time.Minute, "server-1 Ready", func() error { return nodeReady(cs, "server-1") })
+	fig.Record(t, "server_start_to_node_ready", time.Since(began))
+	n, err := cs.CoreV1().Nodes().Get(ctx, "server-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Labels["node-role.kubernetes.io/control-plane"] != "true" {
+		waitFor(t, 30*time.Second, "control-plane label", func() error {
+			n, err := cs.CoreV1().Nodes().Get(ctx, "server-1", metav1.GetOptions{})
+			if err == nil && n.Labels["node-role.kubernetes.io/control-plane"] != "true" {
+				err = fmt.Errorf("labels %v", n.Labels)
+			}
+			return err
+		})
+	}
+	if log := s.CurrentLog(); !strings.Contains(log, "node: containerd is up") || !strings.Contains(log, "images imported") {
+		t.Fatalf("the server's log lacks the node's progress lines:\n%s", s.LogTail(60))
+	}
+
+	// A Deployment from the image in agent/images runs on the server's node.
+	dep, err := s.Kubectl("create", "deployment", "hello", "--image="+testImage, "--", "/agnhost", "netexec", "--http-port=8080")
+	if err != nil {
+		t.Fatal(err, dep)
+	}
+	waitFor(t, 2*time.Minute, "deployment hello available", func() error {
+		out, err := s.Kubectl("get", "deployment", "hello", "-o", "jsonpath={.status.availableReplicas}")
+		if err == nil && strings.TrimSpace(out) != "1" {
+			err = fmt.Errorf("available %q", out)
+		}
+		return err
+	})
+
+	// An agent joins through the server.
+	a := h2.Agent(t, "agent-1", s, s.TokenFile())
+	addTestImage(t, a.Layout().Images())
+	began = time.Now()
+	a.Start()
+	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return nodeReady(cs, "agent-1") })
+	fig.Record(t, "agent_start_to_node_ready", time.Since(began))
+	for _, line := range []string{"CA of", "certificates received", "containerd is up", "images imported", "registered as agent-1", "is Ready"} {
+		if !strings.Contains(a.CurrentLog(), line) {
+			t.Fatalf("the agent's log lacks %q:\n%s", line, a.LogTail(60))
+		}
+	}
+
+	// Pods on the two nodes reach each other by pod IP.
+	labels := map[string]string{"app": "web"}
+	for _, p := range []*corev1.Pod{webPod("web-1", "server-1", labels), webPod("web-2", "agent-1", labels)} {
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p1 := runningPod(t, cs, "default", "web-1", 2*time.Minute)
+	p2 := runningPod(t, cs, "default", "web-2", 2*time.Minute)
+	if p1.Status.PodIP == "" || p2.Status.PodIP == "" || p1.Status.PodIP == p2.Status.PodIP {
+		t.Fatalf("pod IPs %q and %q", p1.Status.PodIP, p2.Status.PodIP)
+	}
+	for _, c := range [][2]string{{"web-1", p2.Status.PodIP}, {"web-2", p1.Status.PodIP}} {
+		if out, err := s.Kubectl("exec", c[0], "--", "/agnhost", "connect", "--timeout=5s", net.JoinHostPort(c[1], "8080")); err != nil {
+			t.Fatalf("%s cannot reach the pod at %s: %v %s", c[0], c[1], err, out)
+		}
+	}
+
+	// A ClusterIP Service, by its DNS name, from a pod on the other node.
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Type: corev1.ServiceTypeNodePort,
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	if svc, err = cs.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "the Service by its DNS name from a pod on agent-1", func() error {
+		out, err := s.Kubectl("exec", "web-2", "--", "/agnhost", "connect", "--timeout=3s", "web.default.svc.cluster.local:80")
+		if err != nil {
+			return fmt.Errorf("%v %s", err, out)
+		}
+		return nil
+	})
+	// The NodePort, from a node, to the other node's address.
+	nodePort := strconv.Itoa(int(svc.Spec.Ports[0].NodePort))
+	waitFor(t, time.Minute, "the NodePort of server-1 from agent-1's host", func() error {
+		h2.CheckRoute(t, h1.IP)
+		c, err := h2.DialContext(ctx, "tcp", net.JoinHostPort(h1.IP, nodePort))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+
+	// kubectl logs, exec and port-forward reach the kubelets.
+	if out, err := s.Kubectl("logs", "web-2"); err != nil || !strings.Contains(out, "8080") {
+		t.Fatalf("kubectl logs: %v %q", err, out)
+	}
+	if out, err := s.Kubectl("exec", "web-2", "--", "/agnhost", "etc-hosts"); err != nil || !strings.Contains(out, p2.Status.PodIP+"\tweb-2") {
+		t.Fatalf("kubectl exec: %v %q", err, out)
+	}
+	checkPortForward(t, s, h1, "web-2")
+
+	// A wrong token, and a taken node name, are refused with what to do.
+	bad := h3.Agent(t, "agent-bad", s, "")
+	bad.Args = append(bad.Args, "--token", "wrong-secret")
+	refused(t, bad, "token is wrong")
+	refused(t, h3.Agent(t, "agent-1", s, s.TokenFile()), "kubectl delete node agent-1")
+
+	// A restarted node keeps its pods: the same containers, no restarts.
+	before := containerIDs(t, cs, "web-2")
+	a.Stop()
+	a.Start()
+	waitFor(t, 2*time.Minute, "agent-1 Ready again", func() error { return nodeReady(cs, "agent-1") })
+	after := runningPod(t, cs, "default", "web-2", time.Minute)
+	if got := containerIDsOf(after); got != before {
+		t.Fatalf("web-2's containers changed across the node's restart: %s -> %s", before, got)
+	}
+
+	podStartupLatency(t, s, fig, 30)
+	fig.Set(t, "server_with_node_rss_mb", rssMB(t, s.Pid()), "MB")
+	fig.Set(t, "agent_rss_mb", rssMB(t, a.Pid()), "MB")
+}
+
+// refused runs an agent that must not join: it exits non-zero and says why.
+func refused(t *testing.T, a *harness.Agent, want string) {
+	t.Helper()
+	out, code := a.RunToExit()
+	if code == 0 || !strings.Contains(out, want) || !strings.Contains(out, "hakube: error:") {
+		t.Fatalf("agent %s: exit code %d, want a failure saying %q:\n%s", a.Name, code, want, out)
+	}
+}
+
+func containerIDs(t *testing.T, cs kubernetes.Interface, name string) string {
+	t.Helper()
+	p, err := cs.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return containerIDsOf(p)
+}
+
+// containerIDsOf names the pod's containers and their restarts.
+func containerIDsOf(p *corev1.Pod) string {
+	var out []string
+	for _, c := range p.Status.ContainerStatuses {
+		out = append(out, fmt.Sprintf("%s=%s/%d", c.Name, c.ContainerID, c.RestartCount))
+	}
+	return strings.Join(out, ",")
+}
+
+// podStartupLatency creates n pods from a local image at once and records
+// the p50 and p99 of creation to Running (the Kubernetes SLO: p99 <= 5 s).
+func podStartupLatency(t *testing.T, s *harness.Server, fig harness.Figures, n int) {
+	t.Helper()
+	cs := s.Client()
+	ctx := context.Background()
+	created := map[string]time.Time{}
+	for i := range n {
+		p := webPod(fmt.Sprintf("latency-%d", i), "", map[string]string{"app": "latency"})
+		p.Spec.Containers[0].ReadinessProbe = nil
+		created[p.Name] = time.Now()
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var lat []time.Duration
+	running := map[string]bool{}
+	waitFor(t, 5*time.Minute, fmt.Sprintf("%d pods running", n), func() error {
+		pods, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=latency"})
+		if err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning && !running[p.Name] {
+				running[p.Name] = true
+				// The kubelet's own record of the start, not the poll's.
+				at := time.Now()
+				for _, c := range p.Status.ContainerStatuses {
+					if c.State.Running != nil {
+						at = c.State.Running.StartedAt.Time
+					}
+				}
+				lat = append(lat, at.Sub(created[p.Name]))
+			}
+		}
+		if len(running) < n {
+			return fmt.Errorf("%d of %d running", len(running), n)
+		}
+		return nil
+	})
+	fig.Record(t, "pod_startup_p50", percentile(lat, 0.50))
+	fig.Record(t, "pod_startup_p99", percentile(lat, 0.99))
+	if err := cs.CoreV1().Pods("default").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "app=latency"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkPortForward forwards a local port on h to the pod's 8080.
+func checkPortForward(t *testing.T, s *harness.Server, h *harness.Host, pod string) {
+	t.Helper()
+	port := strconv.Itoa(harness.FreePortPair(t))
+	argv := append(append([]string{}, s.Wrap...), "kubectl", "--kubeconfig", s.Kubeconfig, "--server", s.URL(), "port-forward", "pod/"+pod, port+":8080")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	waitFor(t, 30*time.Second, "kubectl port-forward", func() error {
+		c, err := h.DialContext(context.Background(), "tcp", "127.0.0.1:"+port)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := fmt.Fprintf(c, "GET /hostname HTTP/1.0\r\n\r\n"); err != nil {
+			return err
+		}
+		b := make([]byte, 512)
+		n, _ := c.Read(b)
+		if !strings.Contains(string(b[:n]), pod) {
+			return fmt.Errorf("answer %q", b[:n])
+		}
+		return nil
+	})
+}
