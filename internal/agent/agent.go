@@ -27,6 +27,7 @@ import (
 	"github.com/hakube/hakube/internal/agent/images"
 	"github.com/hakube/hakube/internal/agent/kubelet"
 	"github.com/hakube/hakube/internal/agent/kubeproxy"
+	"github.com/hakube/hakube/internal/checkconfig"
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/identity"
 )
@@ -109,7 +110,7 @@ func (n Node) Components() ([]component.Component, error) {
 	creds := credentials.New(credentials.Config{
 		Server: n.JoinURL, Token: n.ID.Token, Name: n.ID.Name, IPs: []net.IP{n.ID.IP}, Layout: l, APIServer: n.APIServer,
 	})
-	cs := []component.Component{creds}
+	cs := []component.Component{hostCheck{}, creds}
 	endpoint := n.ContainerRuntimeEndpoint
 	if endpoint == "" {
 		endpoint = "unix://" + l.ContainerdSocket()
@@ -215,3 +216,29 @@ func waitReady(ctx context.Context, cs kubernetes.Interface, name string) (strin
 		}
 	}
 }
+
+// hostCheck fails a node whose machine lacks what it needs (hakube
+// check-config's findings), with how to get it, before anything starts:
+// better than a kubelet's or flannel's error half way.
+type hostCheck struct{}
+
+func (hostCheck) Name() string { return "host check" }
+
+func (hostCheck) Init(context.Context) error {
+	var missing []string
+	for _, f := range checkconfig.Machine().Check() {
+		switch f.Level {
+		case checkconfig.Missing:
+			missing = append(missing, fmt.Sprintf("%s: %s (fix: %s)", f.Name, f.Detail, f.Fix))
+		case checkconfig.Warning:
+			klog.Warningf("node: %s: %s (%s)", f.Name, f.Detail, f.Fix)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("this machine cannot be a node: %s; hakube check-config lists every check (or run the server with --disable-agent)", strings.Join(missing, "; "))
+	}
+	return nil
+}
+
+func (hostCheck) Start(context.Context) error { return nil }
+func (hostCheck) Stop() error                 { return nil }

@@ -110,6 +110,9 @@ func (l Layout) ContainerdSocket() string {
 // ContainerdLog is containerd's output.
 func (l Layout) ContainerdLog() string { return filepath.Join(l.Containerd(), "containerd.log") }
 
+// PodLogs holds the containers' logs (the kubelet's podLogsDirectory).
+func (l Layout) PodLogs() string { return filepath.Join(l.AgentDir(), "logs", "pods") }
+
 // Images holds image tarballs imported, and pinned, when the node starts.
 func (l Layout) Images() string { return filepath.Join(l.AgentDir(), "images") }
 

@@ -34,6 +34,7 @@ func TestPathsAreStable(t *testing.T) {
 		l.ContainerdSocket():         "/var/lib/hakube/agent/run/containerd/containerd.sock",
 		l.ContainerdLog():            "/var/lib/hakube/agent/containerd/containerd.log",
 		l.Images():                   "/var/lib/hakube/agent/images",
+		l.PodLogs():                  "/var/lib/hakube/agent/logs/pods",
 		l.KubeletConfig():            "/var/lib/hakube/agent/etc/kubelet.yaml",
 		l.CNIConf():                  "/var/lib/hakube/agent/etc/cni/net.d",
 		l.CNIState():                 "/var/lib/hakube/agent/cni/networks",

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -25,9 +27,14 @@ import (
 const testImage = "docker.io/hakube/agnhost:2.66"
 
 // addTestImage copies the test image into a node's image directory, as a
-// user puts an image there before the node starts.
-func addTestImage(t *testing.T, dir string) {
+// user puts an image there before the node starts: as .tar, .tar.gz or
+// .tar.zst.
+func addTestImage(t *testing.T, dir string, ext ...string) {
 	t.Helper()
+	suffix := ".tar"
+	if len(ext) > 0 {
+		suffix = ext[0]
+	}
 	src := filepath.Join(filepath.Dir(harness.Binary(t)), "test-images", "agnhost.tar")
 	in, err := os.Open(src)
 	if err != nil {
@@ -37,12 +44,28 @@ func addTestImage(t *testing.T, dir string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, err := os.Create(filepath.Join(dir, "agnhost.tar"))
+	f, err := os.Create(filepath.Join(dir, "agnhost"+suffix))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
+	defer f.Close()
+	var out io.WriteCloser
+	switch suffix {
+	case ".tar":
+		out = f
+	case ".tar.gz":
+		out = gzip.NewWriter(f)
+	case ".tar.zst":
+		if out, err = zstd.NewWriter(f); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("no image tarball is %s", suffix)
+	}
 	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -21,21 +21,38 @@ import (
 	"github.com/hakube/hakube/test/harness"
 )
 
-// TestServerAndAgent: a single server is a Ready node and runs a pod from an
-// image in agent/images; an agent joins; pods on the two nodes reach each
-// other by pod IP, a ClusterIP Service by its DNS name, a NodePort from a
-// node; kubectl logs, exec and port-forward work; a wrong token and a taken
-// node name are refused; a restarted node keeps its pods.
+// TestServerAndAgent: a server is a Ready node and runs a pod from an image
+// in agent/images; an agent joins; pods on the two nodes reach each other by
+// pod IP, a ClusterIP Service by its DNS name, a NodePort from a node;
+// kubectl logs, exec and port-forward work; a wrong token and a taken node
+// name are refused; a restarted node keeps its pods. On a single server's
+// SQLite with VXLAN, and on Dqlite with host routes.
 func TestServerAndAgent(t *testing.T) {
+	for _, v := range []struct {
+		name       string
+		serverArgs []string
+		backend    string
+		// agentImage is how the agent's image tarball is compressed.
+		agentImage string
+	}{
+		{"sqlite-vxlan", nil, "vxlan", ".tar.gz"},
+		{"dqlite-host-gw", []string{"--cluster-init", "--datastore=dqlite"}, "host-gw", ".tar.zst"},
+	} {
+		t.Run(v.name, func(t *testing.T) { serverAndAgent(t, v.name, v.serverArgs, v.backend, v.agentImage) })
+	}
+}
+
+func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, agentImage string) {
 	fig := harness.Figures{}
-	defer fig.Write(t, "nodes-figures.json")
+	defer fig.Write(t, "nodes-"+name+"-figures.json")
 	nw := harness.NewNodeNetwork(t, 3)
 	h1, h2, h3 := nw.Hosts[0], nw.Hosts[1], nw.Hosts[2]
 
 	s := h1.NodeServer(t, "server-1")
+	s.Args = append(s.Args, "--flannel-backend="+backend)
 	addTestImage(t, s.Layout().Images())
 	began := time.Now()
-	s.Start()
+	s.Start(serverArgs...)
 	cs := s.Client()
 	ctx := context.Background()
 	waitFor(t, 2*time.Minute, "server-1 Ready", func() error { return nodeReady(cs, "server-1") })
@@ -72,15 +89,21 @@ func TestServerAndAgent(t *testing.T) {
 
 	// An agent joins through the server.
 	a := h2.Agent(t, "agent-1", s, s.TokenFile())
-	addTestImage(t, a.Layout().Images())
+	a.Args = append(a.Args, "--flannel-backend="+backend, "--node-label=hakube.test/zone=lab")
+	addTestImage(t, a.Layout().Images(), agentImage)
 	began = time.Now()
 	a.Start()
 	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return nodeReady(cs, "agent-1") })
 	fig.Record(t, "agent_start_to_node_ready", time.Since(began))
-	for _, line := range []string{"CA of", "certificates received", "containerd is up", "images imported", "registered as agent-1", "is Ready"} {
+	for _, line := range []string{"CA of", "certificates received", "containerd is up", "images imported", "registered as agent-1",
+		"pod network up (" + backend, "is Ready"} {
 		if !strings.Contains(a.CurrentLog(), line) {
 			t.Fatalf("the agent's log lacks %q:\n%s", line, a.LogTail(60))
 		}
+	}
+	if n, err := cs.CoreV1().Nodes().Get(ctx, "agent-1", metav1.GetOptions{}); err != nil || n.Labels["hakube.test/zone"] != "lab" ||
+		n.Labels["node-role.kubernetes.io/control-plane"] != "" {
+		t.Fatalf("agent-1's labels: %v %v", err, n.Labels)
 	}
 
 	// Pods on the two nodes reach each other by pod IP.

@@ -79,7 +79,7 @@ func (c *Containerd) Init(context.Context) error { return c.cfg.Validate() }
 // starting it again if it exits, until Stop.
 func (c *Containerd) Start(ctx context.Context) error {
 	l := c.cfg.Layout
-	for _, d := range []string{l.Containerd(), l.ContainerdState(), l.CNIConf(), l.CNIState(), l.Images()} {
+	for _, d := range []string{l.Containerd(), l.ContainerdState(), l.CNIConf(), l.CNIState(), l.Images(), l.PodLogs()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
@@ -214,7 +214,9 @@ func (c *Containerd) config(restrictOOM bool) string {
 	fmt.Fprintf(&b, "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n")
 	fmt.Fprintf(&b, "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"overlayfs\"\n")
 	fmt.Fprintf(&b, "  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n    sandbox = %s\n", q(c.cfg.PauseImage))
-	fmt.Fprintf(&b, "[plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = %t\n", restrictOOM)
+	// Pod network namespaces are pinned under the state dir, not in the
+	// machine's /run/netns, so several nodes can share a machine.
+	fmt.Fprintf(&b, "[plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = %t\n  netns_mounts_under_state_dir = true\n", restrictOOM)
 	fmt.Fprintf(&b, "  [plugins.\"io.containerd.cri.v1.runtime\".cni]\n    bin_dirs = [%s]\n    conf_dir = %s\n", q(c.cfg.CNIBinDir()), q(l.CNIConf()))
 	fmt.Fprintf(&b, "  [plugins.\"io.containerd.cri.v1.runtime\".containerd]\n    default_runtime_name = \"runc\"\n")
 	fmt.Fprintf(&b, "    [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n      runtime_type = \"io.containerd.runc.v2\"\n")

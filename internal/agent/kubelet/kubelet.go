@@ -204,8 +204,10 @@ tlsPrivateKeyFile: %q
 rotateCertificates: false
 serverTLSBootstrap: false
 failSwapOn: false
+# Under the node's data dir, so several nodes can share a machine.
+podLogsDir: %q
 `, k.cfg.RuntimeEndpoint, c.ClusterDNS, c.ClusterDomain, tlsDir.Cert(pki.ClientCA),
-		tlsDir.Cert(credentials.KubeletServing), tlsDir.Key(credentials.KubeletServing))
+		tlsDir.Cert(credentials.KubeletServing), tlsDir.Key(credentials.KubeletServing), k.cfg.Layout.PodLogs())
 }
 
 type nopWriter struct{}

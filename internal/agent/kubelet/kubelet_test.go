@@ -46,6 +46,8 @@ func TestConfiguration(t *testing.T) {
 		t.Errorf("node flags: name %q, ip %q, labels %v, taints %v", s.HostnameOverride, s.NodeIP, s.NodeLabels, s.RegisterWithTaints)
 	case s.Authentication.Anonymous.Enabled:
 		t.Error("anonymous requests to the kubelet are allowed")
+	case s.PodLogsDir != k.cfg.Layout.PodLogs():
+		t.Errorf("pod logs in %q", s.PodLogsDir)
 	case !strings.HasSuffix(s.TLSCertFile, "agent/tls/serving-kubelet.crt"):
 		t.Errorf("serving certificate %q", s.TLSCertFile)
 	}
