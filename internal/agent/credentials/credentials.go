@@ -52,7 +52,15 @@ type Config struct {
 	// APIServer is what the daemons' kubeconfigs name: the client-side load
 	// balancer on an agent, the local supervisor on a server.
 	APIServer string
+	// FirstJoinTimeout bounds the wait for a server on a node's first join,
+	// when a wrong --server is the likely cause (default 2 minutes). A node
+	// that joined before waits as long as it takes: after a power cut its
+	// servers may come back after it.
+	FirstJoinTimeout time.Duration
 }
+
+// DefaultFirstJoinTimeout is Config.FirstJoinTimeout's default.
+const DefaultFirstJoinTimeout = 2 * time.Minute
 
 // Credentials is the component that fetches them.
 type Credentials struct {
@@ -139,10 +147,19 @@ func (c *Credentials) Cluster() join.NodeCluster { return c.cluster }
 // verify checks the server's CA, waiting while the server does not answer.
 func (c *Credentials) verify(ctx context.Context) error {
 	start, last := time.Now(), time.Time{}
+	limit := c.cfg.FirstJoinTimeout
+	if limit == 0 {
+		limit = DefaultFirstJoinTimeout
+	}
+	first := !fsutil.Exists(c.cfg.Layout.NodePassword())
 	for {
 		err := c.client.VerifyCA(ctx)
 		if !errors.Is(err, join.ErrUnreachable) {
 			return err
+		}
+		if first && time.Since(start) > limit {
+			return fmt.Errorf("the server at %s did not answer for %s (%v): check --server, that the server runs, and that this machine reaches it (a firewall?)",
+				c.cfg.Server, limit, err)
 		}
 		if time.Since(last) > 10*time.Second {
 			klog.Infof("node: waiting for the server at %s (%s so far): %v", c.cfg.Server, time.Since(start).Round(time.Second), err)

@@ -1,0 +1,49 @@
+package credentials
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/token"
+)
+
+// TestUnreachableServer: a first join to a server that does not answer ends
+// with what to check; a node that joined before keeps waiting.
+func TestUnreachableServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now: connections are refused
+	lay := layout.New(t.TempDir())
+	c := New(Config{Server: "https://" + addr, Token: token.Token{Secret: "secret-secret"}, Name: "n", Layout: lay, FirstJoinTimeout: 2 * time.Second})
+	if err := c.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "did not answer") || !strings.Contains(err.Error(), "--server") {
+		t.Fatalf("want the unreachable server named with what to check, got %v", err)
+	}
+	if _, err := os.Stat(string(lay.AgentTLS())); err == nil {
+		t.Fatal("a join that never reached a server wrote the node's keys")
+	}
+
+	if err := os.MkdirAll(lay.AgentDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lay.NodePassword(), []byte("joined-before-0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	began := time.Now()
+	if err := c.Start(ctx); err == nil || time.Since(began) < 3*time.Second {
+		t.Fatalf("a node that joined before gave up after %s: %v", time.Since(began), err)
+	}
+}
