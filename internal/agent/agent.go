@@ -52,11 +52,17 @@ type NodeConfig struct {
 	// BinDir holds runc, the shim, the CNI plugins and the shipped images;
 	// default the directory of the hakube binary.
 	BinDir string
+	// PrivateRegistry is a registries.yaml (K3s's format: mirrors, auth,
+	// TLS); a missing file is none.
+	PrivateRegistry string
 }
+
+// DefaultPrivateRegistry is where a node looks for registries.yaml.
+const DefaultPrivateRegistry = "/etc/hakube/registries.yaml"
 
 // NewNodeConfig returns the defaults.
 func NewNodeConfig() NodeConfig {
-	return NodeConfig{FlannelBackend: "vxlan", PauseImage: DefaultPauseImage}
+	return NodeConfig{FlannelBackend: "vxlan", PauseImage: DefaultPauseImage, PrivateRegistry: DefaultPrivateRegistry}
 }
 
 // Validate says which flag is wrong and how to fix it.
@@ -115,7 +121,7 @@ func (n Node) Components() ([]component.Component, error) {
 	if endpoint == "" {
 		endpoint = "unix://" + l.ContainerdSocket()
 		cs = append(cs,
-			containerd.New(containerd.Config{Layout: l, BinDir: binDir, PauseImage: n.PauseImage, Executable: exe}),
+			containerd.New(containerd.Config{Layout: l, BinDir: binDir, PauseImage: n.PauseImage, Executable: exe, Registries: n.PrivateRegistry}),
 			images.New(images.Config{Dirs: []string{filepath.Join(binDir, "images"), l.Images()}, Socket: l.ContainerdSocket(),
 				Namespace: containerd.Namespace, Snapshotter: "overlayfs"}))
 	} else {

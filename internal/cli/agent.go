@@ -67,6 +67,7 @@ func addNodeFlags(f *pflag.FlagSet, c *agent.NodeConfig) {
 	f.StringVar(&c.FlannelIface, "flannel-iface", "", "interface (name or IP) pod traffic between nodes uses (default: the node IP's)")
 	f.StringVar(&c.ContainerRuntimeEndpoint, "container-runtime-endpoint", "", "use this CRI runtime (unix://...) instead of hakube's containerd")
 	f.StringVar(&c.PauseImage, "pause-image", c.PauseImage, "pod sandbox image")
+	f.StringVar(&c.PrivateRegistry, "private-registry", c.PrivateRegistry, "registries.yaml (K3s's format: mirrors, auth, TLS) for pulls; a missing file is none")
 	f.StringVar(&c.BinDir, "bin-dir", "", "directory of runc, containerd-shim-runc-v2, cni/ and images/ (default: the hakube binary's directory)")
 }
 

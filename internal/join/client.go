@@ -27,6 +27,10 @@ const maxResponse = 4 << 20
 // ErrUnreachable means the server did not answer; the caller may retry.
 var ErrUnreachable = errors.New("cannot reach the server")
 
+// ErrUnavailable means a verified server did not answer a request, or
+// could not yet (5xx: its apiserver is starting); the caller may retry.
+var ErrUnavailable = errors.New("the server is not available")
+
 // Client joins through the server at URL.
 type Client struct {
 	URL     string
@@ -135,7 +139,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 	req.SetBasicAuth(token.ServerUser, c.Token.Secret)
 	resp, err := c.trusted.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s%s: %w", method, c.URL, path, err)
+		return fmt.Errorf("%w: %s %s%s: %v", ErrUnavailable, method, c.URL, path, err)
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
@@ -148,6 +152,8 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 		return fmt.Errorf("the server at %s refused the token", c.URL)
 	case http.StatusConflict:
 		return fmt.Errorf("%w: %s", ErrNameTaken, strings.TrimSpace(string(answer)))
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return fmt.Errorf("%w: %s %s%s: %s: %s", ErrUnavailable, method, c.URL, path, resp.Status, strings.TrimSpace(string(answer)))
 	default:
 		return fmt.Errorf("%s %s%s: %s: %s", method, c.URL, path, resp.Status, strings.TrimSpace(string(answer)))
 	}

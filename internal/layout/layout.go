@@ -99,6 +99,11 @@ func (l Layout) ContainerdConfig() string {
 	return filepath.Join(l.AgentDir(), "etc", "containerd", "config.toml")
 }
 
+// ContainerdHosts holds containerd's registry hosts (from registries.yaml).
+func (l Layout) ContainerdHosts() string {
+	return filepath.Join(l.AgentDir(), "etc", "containerd", "certs.d")
+}
+
 // ContainerdState is containerd's state directory (sockets, FIFOs).
 func (l Layout) ContainerdState() string { return filepath.Join(l.AgentDir(), "run", "containerd") }
 

@@ -31,6 +31,7 @@ func TestPathsAreStable(t *testing.T) {
 		l.Containerd():               "/var/lib/hakube/agent/containerd",
 		l.ContainerdConfig():         "/var/lib/hakube/agent/etc/containerd/config.toml",
 		l.ContainerdState():          "/var/lib/hakube/agent/run/containerd",
+		l.ContainerdHosts():          "/var/lib/hakube/agent/etc/containerd/certs.d",
 		l.ContainerdSocket():         "/var/lib/hakube/agent/run/containerd/containerd.sock",
 		l.ContainerdLog():            "/var/lib/hakube/agent/containerd/containerd.log",
 		l.Images():                   "/var/lib/hakube/agent/images",

@@ -53,6 +53,12 @@ type nodeIssuer struct {
 	serviceNet    *net.IPNet
 	// cluster is what every node is told of the cluster.
 	cluster join.NodeCluster
+	// sans are the servers' extra certificate names (--tls-san), which no
+	// node's certificate may name; self and selfIP are this server's own
+	// node, the one node that may name this server's address.
+	sans   []string
+	self   string
+	selfIP net.IP
 
 	mu     sync.Mutex
 	client kubernetes.Interface
@@ -86,6 +92,9 @@ func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.Node
 		return join.NodeCredentials{}, join.BadRequest("network key: %v", err)
 	}
 	if err := n.claim(ctx, req.Name, req.Password); err != nil {
+		return join.NodeCredentials{}, err
+	}
+	if err := n.checkTaken(ctx, req.Name, ips); err != nil {
 		return join.NodeCredentials{}, err
 	}
 	var creds join.NodeCredentials
@@ -155,6 +164,53 @@ func (n *nodeIssuer) checkIPs(given []string) ([]net.IP, error) {
 	}
 	return ips, nil
 }
+
+// checkTaken refuses a serving certificate for what belongs to others: a
+// --tls-san of the servers, a server's address (the kubernetes Service's
+// endpoints), another node's address.
+func (n *nodeIssuer) checkTaken(ctx context.Context, name string, ips []net.IP) error {
+	for _, san := range n.sans {
+		if san == name || slices.ContainsFunc(ips, net.ParseIP(san).Equal) {
+			return join.BadRequest("node %s: %s is a name the servers' certificate carries (--tls-san); choose another --node-name or --node-ip", name, san)
+		}
+	}
+	cs, err := n.kube()
+	if err != nil {
+		return err
+	}
+	eps, err := cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=kubernetes"})
+	if err != nil {
+		return err
+	}
+	for _, sl := range eps.Items {
+		for _, ep := range sl.Endpoints {
+			for _, a := range ep.Addresses {
+				ip := net.ParseIP(a)
+				if ip == nil || !containsIP(ips, ip) || (name == n.self && ip.Equal(n.selfIP)) {
+					continue
+				}
+				return join.BadRequest("node %s: %s is a server's address; a node on a server joins through that server", name, a)
+			}
+		}
+	}
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, node := range nodes.Items {
+		if node.Name == name {
+			continue
+		}
+		for _, a := range node.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP && containsIP(ips, net.ParseIP(a.Address)) {
+				return join.BadRequest("node %s: %s is node %s's address; give each node its own --node-ip", name, a.Address, node.Name)
+			}
+		}
+	}
+	return nil
+}
+
+func containsIP(ips []net.IP, ip net.IP) bool { return ip != nil && slices.ContainsFunc(ips, ip.Equal) }
 
 // parseNodeKey accepts the keys a node makes: ECDSA P-256 or P-384, or RSA
 // of 2048 bits or more.

@@ -143,7 +143,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	_, serviceNet, _ := net.ParseCIDR(cfg.ServiceCIDR)
 	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin"), clusterDomain: cfg.ClusterDomain, serviceNet: serviceNet,
-		cluster: join.NodeCluster{ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain}}).issue
+		cluster: join.NodeCluster{ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain},
+		sans:    cfg.TLSSANs, self: id.Name, selfIP: id.IP}).issue
 	joinSrv.Register(sup.Handle)
 
 	dirs := []string{l.ServerDir()}

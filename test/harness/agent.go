@@ -17,10 +17,12 @@ type Agent struct {
 }
 
 // NodeArgs are what every node on a node host is given: its own cgroup
-// parent (two kubelets under one parent remove each other's pods), and a
-// kube-proxy that leaves the machine-wide conntrack table size alone.
+// parent (two kubelets under one parent remove each other's pods), a
+// kube-proxy that leaves the machine-wide conntrack table size alone, and no
+// registries.yaml but the test's (a missing file).
 func (h *Host) NodeArgs() []string {
-	return []string{"--kubelet-arg", "cgroup-root=" + h.CgroupParent(), "--kube-proxy-arg", "conntrack-max-per-core=0"}
+	return []string{"--kubelet-arg", "cgroup-root=" + h.CgroupParent(), "--kube-proxy-arg", "conntrack-max-per-core=0",
+		"--private-registry", filepath.Join(h.node.root, "no-registries.yaml")}
 }
 
 // NodeServer prepares a server that is a node too, on this node host.
@@ -62,3 +64,9 @@ func (a *Agent) Layout() layout.Layout { return layout.New(a.DataDir) }
 
 // TokenFile is the server's token file (with the CA hash), as an agent is given it.
 func (s *Server) TokenFile() string { return s.Layout().Token() }
+
+// Hakube runs a hakube subcommand on the agent's host (its namespaces).
+func (a *Agent) Hakube(args ...string) (string, int) {
+	a.t.Helper()
+	return runCommand(a.t, append(append(append([]string{}, a.Wrap...), Binary(a.t)), args...), nil)
+}

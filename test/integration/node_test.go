@@ -85,6 +85,9 @@ func TestNodeCredentials(t *testing.T) {
 	if _, err := cs.CoreV1().Nodes().Create(ctx, own, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("the node cannot register itself: %v", err)
 	}
+	if own, err = cs.CoreV1().Nodes().Get(ctx, "agent-1", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	other := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "agent-2"}}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, other, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
 		t.Fatalf("agent-1 registering agent-2: want forbidden, got %v", err)
@@ -112,7 +115,23 @@ func TestNodeCredentials(t *testing.T) {
 	if _, err := s.Client().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "legacy"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// agent-1 holds 192.0.2.10; the server its advertised address.
+	own.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.0.2.10"}}
+	if _, err := s.Client().CoreV1().Nodes().UpdateStatus(ctx, own, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var serverIP string
+	waitForServerIP := time.Now().Add(time.Minute)
+	for serverIP == "" && time.Now().Before(waitForServerIP) {
+		eps, err := s.Client().DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=kubernetes"})
+		if err == nil && len(eps.Items) > 0 && len(eps.Items[0].Endpoints) > 0 {
+			serverIP = eps.Items[0].Endpoints[0].Addresses[0]
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	for what, change := range map[string]func(*join.NodeRequest){
+		"is node agent-1's address":          func(r *join.NodeRequest) { r.IPs = []string{"192.0.2.10"} },
+		"is a server's address":              func(r *join.NodeRequest) { r.IPs = []string{serverIP} },
 		"client key":                         func(r *join.NodeRequest) { r.ClientKey = "not a key" },
 		"RSA of 2048 bits or more":           func(r *join.NodeRequest) { r.ServingKey = publicPEM(t, weak) },
 		"the cluster's API is reached":       func(r *join.NodeRequest) { r.Name = "kubernetes.default.svc.cluster.local" },

@@ -39,6 +39,8 @@ type Config struct {
 	PauseImage string
 	// Executable is the hakube binary to run as containerd.
 	Executable string
+	// Registries is a registries.yaml (K3s's format); a missing file is none.
+	Registries string
 }
 
 // CNIBinDir is where the CNI plugins are.
@@ -63,9 +65,10 @@ func (c Config) Validate() error {
 
 // Containerd is the component.
 type Containerd struct {
-	cfg     Config
-	cancel  context.CancelFunc
-	stopped chan struct{}
+	cfg        Config
+	registries *Registries
+	cancel     context.CancelFunc
+	stopped    chan struct{}
 }
 
 // New returns the component.
@@ -73,7 +76,14 @@ func New(cfg Config) *Containerd { return &Containerd{cfg: cfg} }
 
 func (c *Containerd) Name() string { return "containerd" }
 
-func (c *Containerd) Init(context.Context) error { return c.cfg.Validate() }
+func (c *Containerd) Init(context.Context) error {
+	if err := c.cfg.Validate(); err != nil {
+		return err
+	}
+	var err error
+	c.registries, err = LoadRegistries(c.cfg.Registries)
+	return err
+}
 
 // Start writes the configuration and starts containerd; it keeps it running,
 // starting it again if it exits, until Stop.
@@ -87,6 +97,11 @@ func (c *Containerd) Start(ctx context.Context) error {
 	restrict := !hasCapability(capSysResource)
 	if restrict {
 		klog.Infof("containerd: this process lacks CAP_SYS_RESOURCE, so containers keep the OOM score they inherit (restrict_oom_score_adj)")
+	}
+	// Written even without registries.yaml: containerd would otherwise read
+	// the machine's /etc/containerd/certs.d.
+	if err := c.registries.WriteHosts(l.ContainerdHosts()); err != nil {
+		return err
 	}
 	if err := fsutil.WriteFile(l.ContainerdConfig(), []byte(c.config(restrict)), 0o600); err != nil {
 		return err
@@ -214,6 +229,7 @@ func (c *Containerd) config(restrictOOM bool) string {
 	fmt.Fprintf(&b, "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n")
 	fmt.Fprintf(&b, "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"overlayfs\"\n")
 	fmt.Fprintf(&b, "  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n    sandbox = %s\n", q(c.cfg.PauseImage))
+	b.WriteString(RegistryConfigTOML(l.ContainerdHosts()))
 	// Pod network namespaces are pinned under the state dir, not in the
 	// machine's /run/netns, so several nodes can share a machine.
 	fmt.Fprintf(&b, "[plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = %t\n  netns_mounts_under_state_dir = true\n", restrictOOM)

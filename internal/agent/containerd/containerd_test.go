@@ -42,6 +42,8 @@ func TestConfig(t *testing.T) {
 			t.Errorf("runc options %v", runc)
 		case img["pinned_images"].(map[string]any)["sandbox"] != "docker.io/hakube/pause:3.10":
 			t.Errorf("pinned images %v", img["pinned_images"])
+		case img["registry"].(map[string]any)["config_path"] != l.ContainerdHosts():
+			t.Errorf("registry %v", img["registry"])
 		case rt["cni"].(map[string]any)["conf_dir"] != l.CNIConf():
 			t.Errorf("cni %v", rt["cni"])
 		}

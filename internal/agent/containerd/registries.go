@@ -127,6 +127,11 @@ func (r *Registries) validate(baseDir string) error {
 			return fmt.Errorf("%s: %w", field, err)
 		}
 		if a := c.Auth; a != nil {
+			if name == "*" {
+				// Every registry a pod names would be sent them.
+				return fmt.Errorf("%s.auth: credentials for every registry are refused: any pod's image could name a registry that collects them; "+
+					"give them under the registry's (or mirror's) own host", field)
+			}
 			if _, err := a.header(); err != nil {
 				return fmt.Errorf("%s.auth: %w", field, err)
 			}

@@ -236,6 +236,7 @@ func TestLoadRegistriesBad(t *testing.T) {
 		name, yaml string
 		want       []string // all in the error
 	}{
+		{"credentials for every registry", "configs:\n  \"*\":\n    auth: {username: u, password: p}\n", []string{`configs."*".auth`, "every registry"}},
 		{"unknown field", "mirrors:\n  docker.io:\n    endpoints: [\"https://m.example.com\"]\n", []string{"registries.yaml", "endpoints"}},
 		{"unknown top-level field", "mirror: {}\n", []string{"registries.yaml", "mirror"}},
 		{"endpoint not a URL", "mirrors:\n  docker.io:\n    endpoint: [\"https://ok.example.com\", \"mirror.example.com\"]\n", []string{`mirrors."docker.io".endpoint[1]`, "mirror.example.com"}},

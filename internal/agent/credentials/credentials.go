@@ -83,11 +83,14 @@ func (c *Credentials) Init(context.Context) error {
 // Start waits for the server (it may be starting too), then fetches and
 // writes the node's credentials.
 func (c *Credentials) Start(ctx context.Context) error {
-	if err := c.verify(ctx); err != nil {
-		return err
+	tlsDir := c.cfg.Layout.AgentTLS()
+	w := c.newWait()
+	for !w.done(ctx, c.client.VerifyCA(ctx)) {
+	}
+	if w.err != nil {
+		return w.err
 	}
 	klog.Infof("node: the CA of %s is verified against the token", c.cfg.Server)
-	tlsDir := c.cfg.Layout.AgentTLS()
 	if err := os.MkdirAll(string(tlsDir), 0o700); err != nil {
 		return err
 	}
@@ -106,7 +109,10 @@ func (c *Credentials) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	creds, err := c.client.Node(ctx, req)
+	var creds join.NodeCredentials
+	for !w.done(ctx, func() error { creds, err = c.client.Node(ctx, req); return err }()) {
+	}
+	err = w.err
 	if errors.Is(err, join.ErrNameTaken) {
 		return fmt.Errorf("%w (this machine's password is %s: a machine that was reinstalled must be deleted first with 'kubectl delete node %s' "+
 			"and 'kubectl -n kube-system delete secret %s.node-password.hakube')", err, c.cfg.Layout.NodePassword(), c.cfg.Name, c.cfg.Name)
@@ -144,32 +150,47 @@ func (c *Credentials) Stop() error { return nil }
 // Cluster is what the server said of the cluster (after Start).
 func (c *Credentials) Cluster() join.NodeCluster { return c.cluster }
 
-// verify checks the server's CA, waiting while the server does not answer.
-func (c *Credentials) verify(ctx context.Context) error {
-	start, last := time.Now(), time.Time{}
-	limit := c.cfg.FirstJoinTimeout
+// wait retries what fails because the server is not there, or not ready:
+// on a node's first join for FirstJoinTimeout (a wrong --server is the
+// likely cause), on a node that joined before as long as it takes.
+type wait struct {
+	c           *Credentials
+	first       bool
+	start, last time.Time
+	err         error
+}
+
+func (c *Credentials) newWait() *wait {
+	// A node has joined once its client certificate is written.
+	return &wait{c: c, first: !fsutil.Exists(c.cfg.Layout.AgentTLS().Cert(KubeletClient)), start: time.Now()}
+}
+
+// done reports whether to stop trying after err; w.err is then the outcome.
+func (w *wait) done(ctx context.Context, err error) bool {
+	w.err = err
+	if !errors.Is(err, join.ErrUnreachable) && !errors.Is(err, join.ErrUnavailable) {
+		return true
+	}
+	server := w.c.cfg.Server
+	limit := w.c.cfg.FirstJoinTimeout
 	if limit == 0 {
 		limit = DefaultFirstJoinTimeout
 	}
-	first := !fsutil.Exists(c.cfg.Layout.NodePassword())
-	for {
-		err := c.client.VerifyCA(ctx)
-		if !errors.Is(err, join.ErrUnreachable) {
-			return err
-		}
-		if first && time.Since(start) > limit {
-			return fmt.Errorf("the server at %s did not answer for %s (%v): check --server, that the server runs, and that this machine reaches it (a firewall?)",
-				c.cfg.Server, limit, err)
-		}
-		if time.Since(last) > 10*time.Second {
-			klog.Infof("node: waiting for the server at %s (%s so far): %v", c.cfg.Server, time.Since(start).Round(time.Second), err)
-			last = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the server at %s did not answer (%v): check --server and that the server runs", c.cfg.Server, err)
-		case <-time.After(time.Second):
-		}
+	if w.first && time.Since(w.start) > limit {
+		w.err = fmt.Errorf("the server at %s did not answer for %s (%v): check --server (a hakube server's https port), that the server runs, "+
+			"and that this machine reaches it (a firewall?)", server, limit, err)
+		return true
+	}
+	if time.Since(w.last) > 10*time.Second {
+		klog.Infof("node: waiting for the server at %s (%s so far): %v", server, time.Since(w.start).Round(time.Second), err)
+		w.last = time.Now()
+	}
+	select {
+	case <-ctx.Done():
+		w.err = fmt.Errorf("the server at %s did not answer (%v): check --server and that the server runs", server, err)
+		return true
+	case <-time.After(time.Second):
+		return false
 	}
 }
 

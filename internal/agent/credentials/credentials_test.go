@@ -34,10 +34,11 @@ func TestUnreachableServer(t *testing.T) {
 		t.Fatal("a join that never reached a server wrote the node's keys")
 	}
 
-	if err := os.MkdirAll(lay.AgentDir(), 0o700); err != nil {
+	// A node has joined once it holds its client certificate.
+	if err := os.MkdirAll(string(lay.AgentTLS()), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(lay.NodePassword(), []byte("joined-before-0123456789"), 0o600); err != nil {
+	if err := os.WriteFile(lay.AgentTLS().Cert(KubeletClient), []byte("joined before"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)

@@ -163,6 +163,9 @@ func (n *Network) startFlannel(ctx context.Context) (int, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
+	// Until it has started, flannel ends with the start (its informers wait
+	// up to 10 minutes to sync); after, with Stop.
+	defer context.AfterFunc(ctx, cancel)()
 	sm, err := kube.NewSubnetManager(runCtx, "", l.AgentKubeconfig(credentials.Network), "flannel.alpha.coreos.com", l.FlannelNetConf(), false)
 	if err != nil {
 		return 0, err
@@ -192,7 +195,9 @@ func (n *Network) startFlannel(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	lease := bn.Lease()
-	if err := tm.SetupAndEnsureMasqRules(runCtx, config.Network, ip.IP4Net{}, ip.IP4Net{}, config.IPv6Network, ip.IP6Net{}, ip.IP6Net{}, lease, 60, false); err != nil {
+	// The rules of the subnet and network this node had before are replaced.
+	prevNet, prevSubnet := prevCIDR(l.FlannelSubnet(), "FLANNEL_NETWORK"), prevCIDR(l.FlannelSubnet(), "FLANNEL_SUBNET")
+	if err := tm.SetupAndEnsureMasqRules(runCtx, config.Network, prevSubnet, prevNet, config.IPv6Network, ip.IP6Net{}, ip.IP6Net{}, lease, 60, false); err != nil {
 		return 0, fmt.Errorf("masquerade rules: %w", err)
 	}
 	tm.SetupAndEnsureForwardRules(runCtx, config.Network, config.IPv6Network, 60)
@@ -220,8 +225,7 @@ func (n *Network) writeCNI(podCIDR string, mtu int) error {
   "plugins": [
     {"type": "bridge", "bridge": %q, "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true, "mtu": %d,
      "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-    {"type": "loopback"}
+    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
   ]
 }
 `, bridge, mtu, l.CNIState(), podCIDR)
@@ -238,6 +242,23 @@ func (n *Network) writeCNI(podCIDR string, mtu int) error {
 		}
 	}
 	return fsutil.WriteFile(path, []byte(conf), 0o644)
+}
+
+// prevCIDR is an IPv4 CIDR of the subnet file flannel wrote last (zero when
+// there is none).
+func prevCIDR(path, key string) ip.IP4Net {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ip.IP4Net{}
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+"="); ok {
+			if _, n, err := net.ParseCIDR(strings.TrimSpace(v)); err == nil && n.IP.To4() != nil {
+				return ip.FromIPNet(n)
+			}
+		}
+	}
+	return ip.IP4Net{}
 }
 
 // enableForwarding: pods' traffic is routed through the node.
