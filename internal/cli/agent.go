@@ -30,9 +30,11 @@ Images in <data-dir>/agent/images (*.tar, *.tar.gz, *.tar.zst: OCI layout or
 docker-archive) are imported when the node starts and pinned.`,
 		Example: `  HAKUBE_TOKEN=SECRET hakube agent --server https://<server>:6443
 
-  # a second node on the same machine (labs, tests)
+  # a second node on a machine that runs a node already (labs): its own data dir, name,
+  # kubelet root and cgroup root, and a load balancer port the server's apiserver (6444) does not use
   hakube agent --server https://<server>:6443 --token-file token --data-dir /var/lib/hakube-2 \
-    --node-name node-2 --kubelet-arg root-dir=/var/lib/hakube-2/kubelet --kubelet-arg cgroup-root=/node-2`,
+    --node-name node-2 --kubelet-arg root-dir=/var/lib/hakube-2/kubelet --kubelet-arg cgroup-root=/node-2 \
+    --lb-server-port 6445`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Token == "" && cfg.TokenFile == "" {
