@@ -18,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/agent/containerd"
@@ -30,6 +29,7 @@ import (
 	"github.com/hakube/hakube/internal/checkconfig"
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/identity"
+	"github.com/hakube/hakube/internal/kubeconfig"
 )
 
 // DefaultDataDir is where a node keeps its state unless told otherwise.
@@ -164,11 +164,7 @@ func (r *nodeReady) Start(context.Context) error {
 }
 
 func (r *nodeReady) Ready(ctx context.Context) error {
-	rc, err := clientcmd.BuildConfigFromFlags("", r.kubeconfig)
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := kubeconfig.Client(r.kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -12,8 +12,6 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/agent/credentials"
@@ -21,6 +19,7 @@ import (
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/datadir"
 	"github.com/hakube/hakube/internal/identity"
+	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/runner"
 	"github.com/hakube/hakube/internal/token"
@@ -138,11 +137,7 @@ type serverWatch struct {
 func (w *serverWatch) Name() string               { return "server list" }
 func (w *serverWatch) Init(context.Context) error { return nil }
 func (w *serverWatch) Start(context.Context) error {
-	rc, err := clientcmd.BuildConfigFromFlags("", w.kubeconfig)
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := kubeconfig.Client(w.kubeconfig)
 	if err != nil {
 		return err
 	}

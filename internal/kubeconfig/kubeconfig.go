@@ -5,6 +5,7 @@ package kubeconfig
 import (
 	"os"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -51,4 +52,13 @@ func Write(path string, c Config, mode os.FileMode) error {
 		return err
 	}
 	return fsutil.WriteFile(path, data, mode)
+}
+
+// Client is a clientset from the kubeconfig at path.
+func Client(path string) (kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(rc)
 }

@@ -11,11 +11,10 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/fsutil"
+	"github.com/hakube/hakube/internal/kubeconfig"
 )
 
 // CoreDNSImage is the cluster DNS image hakube builds and ships beside the
@@ -66,11 +65,7 @@ func (c *controlPlaneLabel) Name() string               { return "control-plane 
 func (c *controlPlaneLabel) Init(context.Context) error { return nil }
 
 func (c *controlPlaneLabel) Start(context.Context) error {
-	rc, err := clientcmd.BuildConfigFromFlags("", c.kubeconfig)
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := kubeconfig.Client(c.kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -23,9 +23,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/pki"
 )
 
@@ -240,11 +240,8 @@ func (n *nodeIssuer) kube() (kubernetes.Interface, error) {
 	if n.client != nil {
 		return n.client, nil
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", n.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	if n.client, err = kubernetes.NewForConfig(cfg); err != nil {
+	var err error
+	if n.client, err = kubeconfig.Client(n.kubeconfig); err != nil {
 		return nil, err
 	}
 	return n.client, nil

@@ -24,13 +24,12 @@ import (
 	"github.com/flannel-io/flannel/pkg/trafficmngr/iptables"
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/agent/credentials"
 	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/layout"
 )
 
@@ -110,18 +109,10 @@ func (n *Network) Stop() error {
 	return nil
 }
 
-func (n *Network) client() (kubernetes.Interface, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", n.cfg.Layout.AgentKubeconfig(credentials.Network))
-	if err != nil {
-		return nil, err
-	}
-	return kubernetes.NewForConfig(rc)
-}
-
 // podCIDR waits until the node has registered and the controller manager
 // gave it a pod CIDR.
 func (n *Network) podCIDR(ctx context.Context) (string, error) {
-	cs, err := n.client()
+	cs, err := kubeconfig.Client(n.cfg.Layout.AgentKubeconfig(credentials.Network))
 	if err != nil {
 		return "", err
 	}
