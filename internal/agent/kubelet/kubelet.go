@@ -24,6 +24,7 @@ import (
 	utilfs "k8s.io/kubernetes/pkg/util/filesystem"
 
 	"github.com/hakube/hakube/internal/agent/credentials"
+	"github.com/hakube/hakube/internal/agent/inprocess"
 	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/layout"
@@ -47,13 +48,12 @@ type Config struct {
 
 // Kubelet is the component.
 type Kubelet struct {
-	cfg    Config
-	failed chan error
-	cancel context.CancelFunc
+	cfg Config
+	inprocess.Daemon
 }
 
 // New returns the component.
-func New(cfg Config) *Kubelet { return &Kubelet{cfg: cfg, failed: make(chan error, 1)} }
+func New(cfg Config) *Kubelet { return &Kubelet{cfg: cfg} }
 
 func (k *Kubelet) Name() string { return "kubelet" }
 
@@ -85,27 +85,7 @@ func (k *Kubelet) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The kubelet's loops run until the process ends (they wait on
-	// wait.NeverStop); the context only ends what honours it.
-	runCtx, cancel := context.WithCancel(context.Background())
-	k.cancel = cancel
-	go func() {
-		if err := kubeletapp.Run(runCtx, s, deps, utilfeature.DefaultFeatureGate); err != nil && runCtx.Err() == nil {
-			k.failed <- err
-		}
-	}()
-	return nil
-}
-
-// Failed reports a kubelet that stopped on its own.
-func (k *Kubelet) Failed() <-chan error { return k.failed }
-
-// Stop ends what of the kubelet honours its context; the rest ends with the
-// process.
-func (k *Kubelet) Stop() error {
-	if k.cancel != nil {
-		k.cancel()
-	}
+	k.Run(func(ctx context.Context) error { return kubeletapp.Run(ctx, s, deps, utilfeature.DefaultFeatureGate) })
 	return nil
 }
 

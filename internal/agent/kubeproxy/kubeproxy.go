@@ -11,6 +11,7 @@ import (
 	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 
 	"github.com/hakube/hakube/internal/agent/credentials"
+	"github.com/hakube/hakube/internal/agent/inprocess"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/layout"
 )
@@ -27,13 +28,12 @@ type Config struct {
 
 // Proxy is the component.
 type Proxy struct {
-	cfg    Config
-	failed chan error
-	cancel context.CancelFunc
+	cfg Config
+	inprocess.Daemon
 }
 
 // New returns the component.
-func New(cfg Config) *Proxy { return &Proxy{cfg: cfg, failed: make(chan error, 1)} }
+func New(cfg Config) *Proxy { return &Proxy{cfg: cfg} }
 
 func (p *Proxy) Name() string { return "kube-proxy" }
 
@@ -75,25 +75,6 @@ func (p *Proxy) Start(context.Context) error {
 	if err != nil {
 		return err
 	}
-	// kube-proxy's informers run until the process ends (wait.NeverStop).
-	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
-	go func() {
-		if err := o.Run(ctx); err != nil && ctx.Err() == nil {
-			p.failed <- err
-		}
-	}()
-	return nil
-}
-
-// Failed reports a kube-proxy that stopped on its own.
-func (p *Proxy) Failed() <-chan error { return p.failed }
-
-// Stop ends what of kube-proxy honours its context; the rest ends with the
-// process.
-func (p *Proxy) Stop() error {
-	if p.cancel != nil {
-		p.cancel()
-	}
+	p.Run(o.Run)
 	return nil
 }
