@@ -3,20 +3,18 @@ KUBE_VERSION := v1.37.2
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # -s -w drops the symbol table and DWARF (369 -> 260 MB with the node wing); panics and SIGQUIT dumps keep
 # their function names and lines.
-LDFLAGS := -s -w -X github.com/hakube/hakube/internal/version.Version=$(VERSION) \
-	-X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION)+hakube \
-	-X k8s.io/component-base/version.gitMajor=1 \
-	-X k8s.io/component-base/version.gitMinor=37 \
-	-X k8s.io/client-go/pkg/version.gitVersion=$(KUBE_VERSION)+hakube \
-	-X k8s.io/client-go/pkg/version.gitMajor=1 \
-	-X k8s.io/client-go/pkg/version.gitMinor=37
+# kube_version_x is the -X flags that give a binary of Kubernetes packages the version $(1).
+kube_version_x = $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+	-X $(p).gitVersion=$(1) -X $(p).gitMajor=1 -X $(p).gitMinor=37)
+LDFLAGS := -s -w -X github.com/hakube/hakube/internal/version.Version=$(VERSION) $(call kube_version_x,$(KUBE_VERSION)+hakube)
 BIN := bin/hakube
 # A real S3-compatible server for the snapshot tests (built from the module proxy).
 VERSITYGW := bin/versitygw
 VERSITYGW_VERSION := v1.8.0
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build bundle run test node-deps test-deps unit e2e robustness bench bench-quick lint fuzz clean
+.PHONY: build bundle run test node-deps test-deps unit e2e robustness bench bench-quick lint fuzz clean \
+	conformance conformance-quick conformance-tools conformance-images
 
 build: bundle
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hakube
@@ -114,6 +112,49 @@ bin/test-images/agnhost.tar: $(IMAGE_BIN)/agnhost $(MKIMAGE)
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -name docker.io/hakube/agnhost:$(AGNHOST_VERSION) -entrypoint /agnhost $<=/agnhost
 
+# The 10 images the KUBE_VERSION [Conformance] specs run, under their upstream names (no KUBE_TEST_REPO_LIST),
+# in one OCI layout tarball of several images (hack/mkimage -spec): layers shared between images, above all
+# the Debian tool root under agnhost, nautilus, kitten, glibc-dns-testing and nginx, are stored once.
+# Debian's parts come from 'apt-get download' into bin/.debs; the versions used are in
+# $(CONF_DIR)/packages.txt. See docs/dev/conformance-images.md and scripts/build-conformance-images.sh.
+CONFORMANCE_IMAGES := bin/test-images/conformance.tar
+CONF_DIR := bin/.conformance
+CONF_SH := scripts/build-conformance-images.sh
+CONF_AGNHOST_VERSIONS := 2.66.1 2.55
+SAMPLE_APISERVER_VERSION := v0.37.2
+CONF_ETCD_VERSION := v3.7.3
+CONF_BINS := $(foreach v,$(CONF_AGNHOST_VERSIONS),$(IMAGE_BIN)/agnhost-$(v)) $(IMAGE_BIN)/pause \
+	$(IMAGE_BIN)/sample-apiserver $(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl
+
+conformance-images: $(CONFORMANCE_IMAGES)
+
+# agnhost at each version the specs name (the version is main.Version, which 'agnhost --version' prints).
+$(IMAGE_BIN)/agnhost-%: $(VERSIONS)/kubernetes-$(KUBE_VERSION) scripts/build-kube-main.sh
+	./scripts/build-kube-main.sh $(KUBE_VERSION) k8s.io/kubernetes/test/images/agnhost $@ "-s -w -X main.Version=$*"
+	@touch $@
+
+$(IMAGE_BIN)/sample-apiserver: $(VERSIONS)/sample-apiserver-$(SAMPLE_APISERVER_VERSION)
+	GOBIN=$(CURDIR)/$(IMAGE_BIN) CGO_ENABLED=0 go install -ldflags "-s -w" k8s.io/sample-apiserver@$(SAMPLE_APISERVER_VERSION)
+	@touch $@
+
+$(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl &: $(VERSIONS)/etcd-image-$(CONF_ETCD_VERSION) scripts/build-etcd.sh
+	./scripts/build-etcd.sh $(CONF_ETCD_VERSION) $(IMAGE_BIN)
+	@touch $(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl
+
+# The file trees (Debian roots, agnhost's files, nautilus' and kitten's html) and the spec naming them.
+$(CONF_DIR)/roots.done: $(VERSIONS)/kubernetes-$(KUBE_VERSION) $(CONF_SH)
+	./$(CONF_SH) roots $(KUBE_VERSION) $(CONF_DIR)
+	@touch $@
+
+$(CONF_DIR)/spec.json: $(CONF_SH)
+	@mkdir -p $(@D)
+	./$(CONF_SH) spec $(CONF_DIR) $(IMAGE_BIN) >$@.tmp && mv $@.tmp $@
+
+$(CONFORMANCE_IMAGES): $(MKIMAGE) $(CONF_DIR)/spec.json $(CONF_DIR)/roots.done $(CONF_BINS)
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -spec $(CONF_DIR)/spec.json
+	@ls -l $@
+
 # A single server on the embedded SQLite datastore.
 run: node-deps build
 	$(BIN) server --data-dir $(DATA_DIR)
@@ -142,7 +183,7 @@ test-deps:
 	./scripts/deps.sh test
 
 test: test-deps
-	$(MAKE) lint unit e2e bench-quick
+	$(MAKE) lint unit e2e bench-quick conformance-quick
 
 # Fault-injection runs on SERVERS servers of DATASTORE (etcd or dqlite): ITER iterations of every scenario
 # (or of FAULTS, comma-separated), TRAFFIC seconds of traffic before and after each fault.
@@ -171,6 +212,49 @@ bench-quick: build $(KINE)
 
 fuzz:
 	go test ./internal/token -run '^$$' -fuzz FuzzParse -fuzztime 60s
+
+# --- Conformance: Kubernetes' own e2e.test, ginkgo and kubectl at KUBE_VERSION, run by test/conformance
+# against three servers that are nodes and an agent, on network-namespace hosts. DATASTORE=etcd|dqlite,
+# FAULT=sigkill-leader (SIGKILL the datastore leader's server every FAULT_EVERY, default 5m, and restart
+# it), FOCUS/SKIP (ginkgo regexps, for debugging), PARALLEL (ginkgo processes, default 4). A full run
+# writes conformance/results/<date>-<datastore>[-<fault>]/ and its section of docs/conformance.md; a run
+# with FOCUS or SKIP writes conformance/results/debug/ only.
+CONFORMANCE_BIN := bin/conformance
+E2E_TEST := $(CONFORMANCE_BIN)/e2e.test
+GINKGO := $(CONFORMANCE_BIN)/ginkgo
+KUBECTL := $(CONFORMANCE_BIN)/kubectl
+CONFORMANCE_TOOLS := $(E2E_TEST) $(GINKGO) $(KUBECTL)
+PARALLEL ?= 4
+FAULT_EVERY ?= 5m
+
+# Both are built in a copy of hakube's module, from bin/hakube's build cache (-hakube: 4 min instead of
+# 15). The ginkgo CLI must be the version e2e.test links: it is built in the same throwaway module.
+$(E2E_TEST) $(GINKGO) &: $(VERSIONS)/kubernetes-$(KUBE_VERSION) scripts/build-kube-main.sh go.mod
+	ALSO=github.com/onsi/ginkgo/v2/ginkgo=$(GINKGO) ./scripts/build-kube-main.sh -test -hakube $(KUBE_VERSION) k8s.io/kubernetes/test/e2e $(E2E_TEST) "-s -w"
+	@touch $(E2E_TEST) $(GINKGO)
+
+# The kubectl specs exec kubectl; the machine's may be far from KUBE_VERSION (kubectl supports one minor
+# version of skew).
+$(KUBECTL): $(VERSIONS)/kubernetes-$(KUBE_VERSION) scripts/build-kube-main.sh go.mod
+	./scripts/build-kube-main.sh -hakube $(KUBE_VERSION) k8s.io/kubernetes/cmd/kubectl $@ "-s -w $(call kube_version_x,$(KUBE_VERSION))"
+	@touch $@
+
+conformance-tools: $(CONFORMANCE_TOOLS)
+
+CONFORMANCE_ENV = HAKUBE_BIN=$(CURDIR)/$(BIN) CONFORMANCE_E2E=$(CURDIR)/$(E2E_TEST) CONFORMANCE_GINKGO=$(CURDIR)/$(GINKGO) \
+	CONFORMANCE_KUBECTL=$(CURDIR)/$(KUBECTL) CONFORMANCE_IMAGES="$(abspath $(CONFORMANCE_IMAGES))" \
+	DATASTORE=$(DATASTORE) PARALLEL=$(PARALLEL)
+CONFORMANCE_RUN := $(shell date -u +%Y-%m-%d)-$(DATASTORE)$(if $(FAULT),-$(FAULT))
+conformance: build conformance-images $(CONFORMANCE_TOOLS)
+	$(CONFORMANCE_ENV) FAULT=$(FAULT) FAULT_EVERY=$(FAULT_EVERY) FOCUS='$(FOCUS)' SKIP='$(SKIP)' \
+		$(if $(FOCUS)$(SKIP),CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/debug,CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/$(CONFORMANCE_RUN) CONFORMANCE_SUMMARY=$(CURDIR)/docs/conformance.md) \
+		go test -count=1 -timeout 600m -v -run TestConformance ./test/conformance/
+
+# A dozen [Conformance] specs across sig-network, sig-node, sig-apps and sig-api-machinery on the same
+# topology (part of 'make test'); results in conformance/results/quick/.
+conformance-quick: build conformance-images $(CONFORMANCE_TOOLS)
+	$(CONFORMANCE_ENV) FOCUS_FILE=$(CURDIR)/test/conformance/quick.txt CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/quick \
+		go test -count=1 -timeout 20m -v -run TestConformance ./test/conformance/
 
 clean:
 	rm -rf bin

@@ -75,6 +75,11 @@ func (a *APIServer) args() []string {
 		"--cert-dir=" + a.cfg.CertDir,
 		"--client-ca-file=" + t.Cert(pki.ClientCA),
 		"--enable-admission-plugins=NodeRestriction",
+		// Webhooks and aggregated APIs are reached at an endpoint's pod IP, not the Service's
+		// ClusterIP: a ClusterIP needs kube-proxy on this server and a route for the service CIDR
+		// on the host, which an air-gapped node with no default route lacks (the conformance
+		// suite's webhook specs timed out on such hosts).
+		"--enable-aggregator-routing=true",
 		"--etcd-servers=" + strings.Join(ep.URLs, ","),
 		"--kubelet-certificate-authority=" + t.Cert(pki.ServerCA),
 		"--kubelet-client-certificate=" + t.Cert(KubeletClient),
