@@ -17,8 +17,9 @@ const (
 	opDelete
 	opCompact
 	opExpire
-	// opBarrier changes nothing; a new leader commits one before it serves
-	// reads, so that its commit index covers every earlier term.
+	// opBarrier changes nothing but the applied index: a new leader commits
+	// one to cover every earlier term, and the leader one per batch of reads
+	// (readIndex). Any other op byte is a corrupt entry.
 	opBarrier
 )
 

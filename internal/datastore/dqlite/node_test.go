@@ -17,14 +17,14 @@ import (
 
 // testCluster runs real members on loopback: real Raft over mutual TLS, real SQLite.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	ca    *pki.CA
 	dir   string
 	nodes []*Node
 	cfgs  []Config
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +33,7 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func newTestCluster(t *testing.T) *testCluster {
+func newTestCluster(t testing.TB) *testCluster {
 	ca, err := pki.NewCA("test-peer-ca")
 	if err != nil {
 		t.Fatal(err)

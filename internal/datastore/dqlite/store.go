@@ -347,6 +347,8 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 				return nil, nil, err
 			}
 		}
+	case opBarrier:
+		// No rows: only the index below moves, which a read index may be.
 	case opExpire:
 		expired, err := s.expired(ctx, tx, c.Now)
 		if err != nil {

@@ -149,12 +149,27 @@ func (l *listener) Addr() net.Addr { return l.m.ln.Addr() }
 type streamLayer struct {
 	*listener
 	advertise net.Addr
+	// wrap, if set, wraps every Raft connection; dialed says which side
+	// this member is (tests hold traffic with it).
+	wrap func(c net.Conn, dialed bool) net.Conn
 }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.listener.Accept()
+	if err != nil || s.wrap == nil {
+		return c, err
+	}
+	return s.wrap(c, false), nil
+}
+
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return s.m.dial(ctx, string(addr), kindRaft)
+	c, err := s.m.dial(ctx, string(addr), kindRaft)
+	if err != nil || s.wrap == nil {
+		return c, err
+	}
+	return s.wrap(c, true), nil
 }
