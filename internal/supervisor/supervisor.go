@@ -217,13 +217,40 @@ func (s *Supervisor) apiserverProxy() (http.Handler, error) {
 				setIdentity(r.Out.Header, r.In.TLS.VerifiedChains[0][0])
 			}
 		},
-		Transport:     transport,
+		Transport:     newUpgradeTransport(transport),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			klog.V(2).Infof("proxy to apiserver: %v", err)
 			http.Error(w, "the apiserver is not available yet", http.StatusServiceUnavailable)
 		},
 	}, nil
+}
+
+// upgradeTransport sends connection upgrades (exec, attach, port-forward)
+// over HTTP/1.1 and everything else over h2. net/http keeps only WebSocket
+// upgrades off h2; an SPDY upgrade would go out on the h2 connection to the
+// apiserver and fail there ("invalid Connection request header"), so a
+// kubectl falling back to SPDY, or an older one, got 503 instead of the
+// apiserver's answer (the conformance suite's attach-denying webhook spec).
+type upgradeTransport struct{ h2, h1 http.RoundTripper }
+
+func newUpgradeTransport(t *http.Transport) *upgradeTransport {
+	h1 := t.Clone()
+	h1.ForceAttemptHTTP2 = false
+	h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // non-nil and empty: no h2
+	h1.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	return &upgradeTransport{h2: t, h1: h1}
+}
+
+func (u *upgradeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	for _, v := range r.Header.Values("Connection") {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return u.h1.RoundTrip(r)
+			}
+		}
+	}
+	return u.h2.RoundTrip(r)
 }
 
 func setIdentity(h http.Header, cert *x509.Certificate) {
