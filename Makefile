@@ -229,8 +229,10 @@ FAULT_EVERY ?= 5m
 
 # Both are built in a copy of hakube's module, from bin/hakube's build cache (-hakube: 4 min instead of
 # 15). The ginkgo CLI must be the version e2e.test links: it is built in the same throwaway module.
+# e2e.test needs its own version: specs derive the Pod Security level's version from it (v0.0 fails).
 $(E2E_TEST) $(GINKGO) &: $(VERSIONS)/kubernetes-$(KUBE_VERSION) scripts/build-kube-main.sh go.mod
-	ALSO=github.com/onsi/ginkgo/v2/ginkgo=$(GINKGO) ./scripts/build-kube-main.sh -test -hakube $(KUBE_VERSION) k8s.io/kubernetes/test/e2e $(E2E_TEST) "-s -w"
+	ALSO=github.com/onsi/ginkgo/v2/ginkgo=$(GINKGO) ./scripts/build-kube-main.sh -test -hakube $(KUBE_VERSION) k8s.io/kubernetes/test/e2e $(E2E_TEST) \
+		"-s -w $(call kube_version_x,$(KUBE_VERSION))"
 	@touch $(E2E_TEST) $(GINKGO)
 
 # The kubectl specs exec kubectl; the machine's may be far from KUBE_VERSION (kubectl supports one minor

@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,8 +134,14 @@ func load(t *testing.T) settings {
 // It fails when a spec fails.
 func TestConformance(t *testing.T) {
 	cfg := load(t)
+	// An interrupt of 'make conformance' (^C, SIGTERM) ends the suite (ginkgo
+	// ends its specs and writes its report) or the cluster's forming, and the
+	// test then tears the cluster down: dying with the signal would leave it
+	// running.
+	interrupted, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	began := time.Now()
-	c, agent := formCluster(t, cfg)
+	c, agent := formCluster(interrupted, t, cfg)
 	cs := c.Servers[1].Client()
 	t.Logf("cluster of %d nodes ready in %s", len(c.Servers)+1, time.Since(began).Round(time.Second))
 
@@ -170,7 +178,7 @@ func TestConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	suiteStart := time.Now()
-	runErr := runSuite(t, cfg, agent.Wrap, kubeconfig)
+	runErr := runSuite(interrupted, t, cfg, agent.Wrap, kubeconfig)
 	elapsed := time.Since(suiteStart)
 	stopFault()
 	wg.Wait()
@@ -206,7 +214,7 @@ func TestConformance(t *testing.T) {
 
 // formCluster starts three servers that are nodes and an agent, gives every
 // node the images, and waits until the four nodes are Ready and CoreDNS runs.
-func formCluster(t *testing.T, cfg settings) (*harness.Cluster, *harness.Agent) {
+func formCluster(ctx context.Context, t *testing.T, cfg settings) (*harness.Cluster, *harness.Agent) {
 	nw := harness.NewNodeNetwork(t, 4)
 	c := &harness.Cluster{Net: nw}
 	if cfg.datastore == "dqlite" {
@@ -223,7 +231,7 @@ func formCluster(t *testing.T, cfg settings) (*harness.Cluster, *harness.Agent) 
 	addImages(t, a.Layout().Images(), cfg.images)
 	a.Start()
 	cs := c.Servers[0].Client()
-	waitFor(t, 5*time.Minute, "four Ready nodes", func() error {
+	waitFor(ctx, t, 5*time.Minute, "four Ready nodes", func() error {
 		for _, n := range []string{"s1", "s2", "s3", "agent-1"} {
 			if err := nodeReady(cs, n); err != nil {
 				return err
@@ -231,7 +239,7 @@ func formCluster(t *testing.T, cfg settings) (*harness.Cluster, *harness.Agent) 
 		}
 		return nil
 	})
-	waitFor(t, 5*time.Minute, "CoreDNS ready", func() error {
+	waitFor(ctx, t, 5*time.Minute, "CoreDNS ready", func() error {
 		d, err := cs.AppsV1().Deployments("kube-system").Get(context.Background(), "coredns", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -283,7 +291,7 @@ func writeKubeconfig(t *testing.T, from, to, server string) {
 // runSuite runs ginkgo with e2e.test on the agent's host; its output goes to
 // e2e.log, and e2e.test writes junit_01.xml into the results directory
 // (--report-dir) from the report ginkgo gathers from all its processes.
-func runSuite(t *testing.T, cfg settings, wrap []string, kubeconfig string) error {
+func runSuite(ctx context.Context, t *testing.T, cfg settings, wrap []string, kubeconfig string) error {
 	log, err := os.Create(filepath.Join(cfg.results, "e2e.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -299,16 +307,20 @@ func runSuite(t *testing.T, cfg settings, wrap []string, kubeconfig string) erro
 		"--report-dir=" + cfg.results, "--dump-logs-on-failure=false"}
 	argv := append(append(append(append([]string{}, wrap...), ginkgoArgs...), cfg.e2e, "--"), e2eArgs...)
 	t.Logf("running %s", strings.Join(argv, " "))
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout+10*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout+10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// The interrupt goes to ginkgo's process group: its e2e.test processes
+	// end their specs on it, and ginkgo alone does not pass it on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) }
 	cmd.Stdout, cmd.Stderr = log, log
 	// Outside any Go module: ginkgo compares its version with the module's
 	// ginkgo there (hakube's is not the one e2e.test links) and warns.
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	// ginkgo's processes are killed with it when the test ends early.
-	cmd.WaitDelay = time.Minute
+	// After an interrupt, ginkgo has 5 minutes to clean up before it is killed.
+	cmd.WaitDelay = 5 * time.Minute
 	progress := time.NewTicker(5 * time.Minute)
 	defer progress.Stop()
 	done := make(chan error, 1)
@@ -327,7 +339,7 @@ func runSuite(t *testing.T, cfg settings, wrap []string, kubeconfig string) erro
 	}
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func waitFor(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -338,7 +350,11 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %s: %v", what, timeout, err)
 		}
-		time.Sleep(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Fatalf("interrupted while waiting for %s", what)
+		case <-time.After(time.Second):
+		}
 	}
 }
 

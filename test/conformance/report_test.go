@@ -63,7 +63,12 @@ func parseJunit(path string) (*result, error) {
 			case c.Failure != nil || c.Error != nil || (c.Status != "" && c.Status != "passed"):
 				reason := c.Status
 				if c.Failure != nil {
+					// e2e.test leaves the message empty and puts the
+					// failure's text, from its [FAILED] line, in the body.
 					reason = c.Failure.Message
+					if reason == "" {
+						reason = strings.TrimSpace(c.Failure.Text)
+					}
 				} else if c.Error != nil {
 					reason = c.Error.Message
 				}

@@ -16,6 +16,9 @@ const sampleJunit = `<?xml version="1.0" encoding="UTF-8"?>
     <testcase name="[It] [sig-network] DNS should provide DNS for services [Conformance]" status="failed" time="300">
       <failure message="timed out waiting for the condition&#xA;more detail" type="failed">stack</failure>
     </testcase>
+    <testcase name="[It] [sig-network] Services should serve a basic endpoint from pods [Conformance]" status="failed" time="5">
+      <failure message="" type="failed">[FAILED] endpoints not ready&#xA;In [It] at: service.go:1</failure>
+    </testcase>
     <testcase name="[It] [sig-apps] Job should run a job [Slow]" status="skipped"><skipped message="skipped"/></testcase>
   </testsuite>
 </testsuites>`
@@ -29,10 +32,14 @@ func TestParseJunit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Passed != 1 || len(r.Failed) != 1 || r.Total() != 2 {
-		t.Fatalf("passed %d failed %d total %d, want 1 1 2", r.Passed, len(r.Failed), r.Total())
+	if r.Passed != 1 || len(r.Failed) != 2 || r.Total() != 3 {
+		t.Fatalf("passed %d failed %d total %d, want 1 2 3", r.Passed, len(r.Failed), r.Total())
 	}
 	if f := r.Failed[0]; !strings.Contains(f.Name, "DNS should provide") || firstLine(f.Reason) != "timed out waiting for the condition" {
+		t.Fatalf("failure %+v", f)
+	}
+	// e2e.test's own reports: an empty message, the reason in the body.
+	if f := r.Failed[1]; !strings.Contains(f.Name, "basic endpoint") || firstLine(f.Reason) != "[FAILED] endpoints not ready" {
 		t.Fatalf("failure %+v", f)
 	}
 	if _, err := parseJunit(filepath.Join(t.TempDir(), "none.xml")); err == nil {
