@@ -216,9 +216,10 @@ fuzz:
 # --- Conformance: Kubernetes' own e2e.test, ginkgo and kubectl at KUBE_VERSION, run by test/conformance
 # against three servers that are nodes and an agent, on network-namespace hosts. DATASTORE=etcd|dqlite,
 # FAULT=sigkill-leader (SIGKILL the datastore leader's server every FAULT_EVERY, default 5m, and restart
-# it), FOCUS/SKIP (ginkgo regexps, for debugging), PARALLEL (ginkgo processes, default 4). A full run
-# writes conformance/results/<date>-<datastore>[-<fault>]/ and its section of docs/conformance.md; a run
-# with FOCUS or SKIP writes conformance/results/debug/ only.
+# it), FOCUS/SKIP (ginkgo regexps, for debugging), FOCUS_FILE (spec names, one per line: a run's
+# failed.txt runs its failures again), PARALLEL (ginkgo processes, default 4). A full run writes
+# conformance/results/<date>-<datastore>[-<fault>]/ and its section of docs/conformance.md; a run with
+# FOCUS, SKIP or FOCUS_FILE writes conformance/results/debug/ only.
 CONFORMANCE_BIN := bin/conformance
 E2E_TEST := $(CONFORMANCE_BIN)/e2e.test
 GINKGO := $(CONFORMANCE_BIN)/ginkgo
@@ -248,8 +249,8 @@ CONFORMANCE_ENV = HAKUBE_BIN=$(CURDIR)/$(BIN) CONFORMANCE_E2E=$(CURDIR)/$(E2E_TE
 	DATASTORE=$(DATASTORE) PARALLEL=$(PARALLEL)
 CONFORMANCE_RUN := $(shell date -u +%Y-%m-%d)-$(DATASTORE)$(if $(FAULT),-$(FAULT))
 conformance: build conformance-images $(CONFORMANCE_TOOLS)
-	$(CONFORMANCE_ENV) FAULT=$(FAULT) FAULT_EVERY=$(FAULT_EVERY) FOCUS='$(FOCUS)' SKIP='$(SKIP)' \
-		$(if $(FOCUS)$(SKIP),CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/debug,CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/$(CONFORMANCE_RUN) CONFORMANCE_SUMMARY=$(CURDIR)/docs/conformance.md) \
+	$(CONFORMANCE_ENV) FAULT=$(FAULT) FAULT_EVERY=$(FAULT_EVERY) FOCUS='$(FOCUS)' SKIP='$(SKIP)' FOCUS_FILE=$(abspath $(FOCUS_FILE)) \
+		$(if $(FOCUS)$(SKIP)$(FOCUS_FILE),CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/debug,CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/$(CONFORMANCE_RUN) CONFORMANCE_SUMMARY=$(CURDIR)/docs/conformance.md) \
 		go test -count=1 -timeout 600m -v -run TestConformance ./test/conformance/
 
 # A dozen [Conformance] specs across sig-network, sig-node, sig-apps and sig-api-machinery on the same

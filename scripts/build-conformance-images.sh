@@ -109,7 +109,9 @@ roots() {
   local b=$DIR/base
   # shellcheck disable=SC2086
   extract "$b" base $(closure $BASE_PKGS)
-  ln -sf dash "$b/bin/sh"
+  # sh is bash: the specs run 'sh -c env' and expect variables named like data-1 (EnvFrom), which dash and
+  # Debian's busybox 1.35 ash drop from the environment they pass on (not valid shell names); bash keeps them.
+  ln -sf bash "$b/bin/sh"
   ln -sf nc.openbsd "$b/bin/nc"
   ln -sf mawk "$b/usr/bin/awk"
   # Alpine's agnhost has busybox under the packages: its applets where Debian has no command (ps, hostname, ...).
@@ -169,15 +171,16 @@ EOF
   ln -sf /dev/stderr "$n/var/log/nginx/error.log"
   chmod 644 "$n/etc/nginx/nginx.conf"
 
-  # busybox: busybox-static, one symlink per applet, passwd/group, /tmp.
+  # busybox: busybox-static, one symlink per applet, passwd/group, /tmp; sh is a static bash, as in base.
   local bb=$DIR/busybox
-  extract "$bb" busybox busybox-static
+  extract "$bb" busybox busybox-static bash-static
   rm -rf "$bb/usr/share"
   for a in $("$bb/bin/busybox" --list-full); do
     [[ -e $bb/$a || -L $bb/$a ]] && continue
     mkdir -p "$bb/$(dirname "$a")"
     ln -s /bin/busybox "$bb/$a"
   done
+  ln -sf bash-static "$bb/bin/sh"
   passwd_group "$bb"
   mkdir -p -m 0700 "$bb/root"
   mkdir -p "$bb/home" "$bb/var/www"

@@ -150,6 +150,14 @@ func (im *image) command(t *testing.T, cred *syscall.Credential, args ...string)
 		SysProcAttr: &syscall.SysProcAttr{Chroot: im.root, Credential: cred, Setpgid: true}}, out
 }
 
+// withEnv is the image with more variables in its environment, as a pod's
+// env adds them.
+func (im *image) withEnv(vars ...string) *image {
+	c := *im
+	c.config.Env = append(append([]string{}, im.config.Env...), vars...)
+	return &c
+}
+
 // run runs a command to its end (10 s at most) and checks that its output contains each of want.
 func (im *image) run(t *testing.T, cred *syscall.Credential, wantOK bool, args []string, want ...string) string {
 	t.Helper()
@@ -286,6 +294,7 @@ func TestConformanceImages(t *testing.T) {
 			im.run(t, &syscall.Credential{Uid: 1000, Gid: 1000}, true, []string{"sh", "-c", "id -u; touch /tmp/x && echo written"}, "1000", "written")
 			im.run(t, nil, true, []string{"sh", "-c", "stat -c %a /tmp; test -d /uploads && test -s /localhost.crt && test -s /localhost.key && readlink /agnhost-2"}, "1777", "agnhost")
 			im.run(t, nil, true, []string{"bash", "-c", "[[ 1 == 1 ]] && echo bash-ok"}, "bash-ok")
+			im.withEnv("data-1=value-1").run(t, nil, true, []string{"sh", "-c", "env"}, "data-1=value-1")
 			im.run(t, nil, true, []string{"curl", "--version"}, "curl 7.88.1")
 			im.run(t, nil, false, []string{"nc", "-h"}, "OpenBSD netcat")
 			im.run(t, nil, true, []string{"ss", "-ant46"}, "State")
@@ -391,6 +400,8 @@ func TestConformanceImages(t *testing.T) {
 		defer srv.Close()
 		im.run(t, nil, true, []string{"wget", "-O-", "--post-data=prestop", "http://" + l.Addr().String() + "/write"}, "POST /write prestop")
 		im.run(t, nil, true, []string{"sh", "-c", "readlink /bin/sleep"}, "/bin/busybox")
+		// The EnvFrom specs' names are no shell names: sh must pass them on.
+		im.withEnv("data-1=value-1").run(t, nil, true, []string{"sh", "-c", "env"}, "data-1=value-1")
 	})
 
 	t.Run("pause", func(t *testing.T) {

@@ -192,6 +192,10 @@ func TestConformance(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg.results, "summary.md"), []byte(res.Markdown()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// make conformance FOCUS_FILE=<results>/failed.txt runs the failed specs again.
+	if err := os.WriteFile(filepath.Join(cfg.results, "failed.txt"), []byte(res.FailedList()), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if cfg.summary != "" {
 		if err := res.UpdateDoc(cfg.summary, cfg.results); err != nil {
 			t.Fatal(err)

@@ -114,6 +114,16 @@ func (r *result) Markdown() string {
 	return b.String()
 }
 
+// FailedList names the failed specs one per line, as FOCUS_FILE takes them.
+func (r *result) FailedList() string {
+	var b strings.Builder
+	for _, f := range r.Failed {
+		// junit puts ginkgo's [It] first; the spec's text has none.
+		fmt.Fprintln(&b, strings.TrimPrefix(f.Name, "[It] "))
+	}
+	return b.String()
+}
+
 func escapeCell(s string) string {
 	return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s)
 }

@@ -42,6 +42,9 @@ func TestParseJunit(t *testing.T) {
 	if f := r.Failed[1]; !strings.Contains(f.Name, "basic endpoint") || firstLine(f.Reason) != "[FAILED] endpoints not ready" {
 		t.Fatalf("failure %+v", f)
 	}
+	if got, want := r.FailedList(), "[sig-network] DNS should provide DNS for services [Conformance]\n[sig-network] Services should serve a basic endpoint from pods [Conformance]\n"; got != want {
+		t.Fatalf("failed list %q, want %q", got, want)
+	}
 	if _, err := parseJunit(filepath.Join(t.TempDir(), "none.xml")); err == nil {
 		t.Fatal("a missing report parsed")
 	}
