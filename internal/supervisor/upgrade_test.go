@@ -31,9 +31,11 @@ func TestUpgradeGoesOverHTTP1(t *testing.T) {
 	target, _ := url.Parse(backend.URL)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: backend.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}, ForceAttemptHTTP2: true}
 	proxy := httptest.NewServer(&httputil.ReverseProxy{
-		Rewrite:      func(r *httputil.ProxyRequest) { r.SetURL(target) },
-		Transport:    newUpgradeTransport(tr),
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) { http.Error(w, err.Error(), http.StatusBadGateway) },
+		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(target) },
+		Transport: newUpgradeTransport(tr),
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+		},
 	})
 	defer proxy.Close()
 

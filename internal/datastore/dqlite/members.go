@@ -38,13 +38,15 @@ func convertMembers(ms []Member) []datastore.Member {
 }
 
 type status struct {
-	ID      string `json:"id"`
-	State   string `json:"state"`
-	Leader  string `json:"leader"`
-	Applied uint64 `json:"appliedIndex"`
-	Commit  uint64 `json:"commitIndex"`
-	DBSize  int64  `json:"dbSize"`
-	DBFree  int64  `json:"dbFree"`
+	ID     string `json:"id"`
+	State  string `json:"state"`
+	Leader string `json:"leader"`
+	// LeaderAddress lets a member with no configuration yet find the leader.
+	LeaderAddress string `json:"leaderAddress,omitempty"`
+	Applied       uint64 `json:"appliedIndex"`
+	Commit        uint64 `json:"commitIndex"`
+	DBSize        int64  `json:"dbSize"`
+	DBFree        int64  `json:"dbFree"`
 }
 
 func (n *Node) status() status {
@@ -54,8 +56,8 @@ func (n *Node) status() status {
 		st.DBSize, st.DBFree, _ = s.size(context.Background())
 		return nil
 	})
-	_, leader := n.raft.LeaderWithID()
-	st.Leader = string(leader)
+	addr, leader := n.raft.LeaderWithID()
+	st.Leader, st.LeaderAddress = string(leader), string(addr)
 	return st
 }
 

@@ -207,10 +207,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.http = rpcClient(clientTLS)
 	n.rpc = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = n.rpc.Serve(newListener(n.mux, n.mux.rpcc)) }()
-	n.wg.Add(4)
+	n.wg.Add(3)
 	go n.watchLeadership(notify)
 	go n.expireLoop()
-	go n.membershipLoop(!fresh)
 	go n.vacuumLoop()
 
 	if fresh && cfg.Bootstrap {
@@ -224,7 +223,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	n.wg.Add(1)
+	// Only now: a joiner's membership is committed once join returns.
+	n.wg.Add(2)
+	go n.membershipLoop(!fresh)
 	go n.promote()
 	ok = true
 	return n, nil
@@ -557,12 +558,16 @@ func (n *Node) expireLoop() {
 	}
 }
 
-// membershipLoop notices this member's removal from the cluster. A member
-// that restarts from its state was a member: if its configuration no longer
-// holds it, it was removed before it stopped. A member removed while it was
-// down still finds itself in its configuration but hears from no leader; after
-// a few leaderless ticks it asks the leader among its peers.
-func (n *Node) membershipLoop(wasMember bool) {
+// membershipLoop notices this member's removal from the cluster, whatever
+// the timing. A member that restarts from its state was a member: if its
+// configuration no longer holds it, it was removed before it stopped. A member
+// started without state cannot tell from its own configuration: while it
+// catches up it goes through the configurations from before its join, and
+// its removal may arrive before it ever saw itself in one. When its
+// configuration lacks it, it asks the leader. A member removed while it was
+// down, or before the leader sent it anything, hears from no leader; after a
+// few leaderless ticks it asks the leader among its peers.
+func (n *Node) membershipLoop(restarted bool) {
 	defer n.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
@@ -574,7 +579,7 @@ func (n *Node) membershipLoop(wasMember bool) {
 		case <-t.C:
 		}
 		f := n.raft.GetConfiguration()
-		if f.Error() != nil || len(f.Configuration().Servers) == 0 {
+		if f.Error() != nil {
 			continue
 		}
 		servers := f.Configuration().Servers
@@ -584,39 +589,60 @@ func (n *Node) membershipLoop(wasMember bool) {
 		} else {
 			leaderless++
 		}
-		if in {
-			wasMember = true
+		var removed bool
+		switch {
+		case in || len(servers) == 0:
+			removed = leaderless >= 3 && n.leaderDropped(servers)
+		case restarted:
+			removed = true
+		default:
+			// Also a removed leader: Raft shut down when the removal
+			// committed (ShutdownOnRemove), its configuration stays readable.
+			removed = n.leaderDropped(servers)
 		}
-		if (!in && wasMember) || (in && leaderless >= 3 && n.leaderDropped(servers)) {
+		if removed {
 			n.removedOnce.Do(func() { close(n.removed) })
 		}
 	}
 }
 
 // leaderDropped reports whether the leader, found among the other servers of
-// this member's configuration, lists the cluster's members without this one.
+// this member's configuration and the member it joined through (or where
+// they say it is), lists the cluster's members without this one.
 func (n *Node) leaderDropped(servers []raft.Server) bool {
 	// Bounded, and ended when the member stops.
 	rctx, rcancel := n.requestContext(context.Background())
 	defer rcancel()
+	var addrs []string
 	for _, s := range servers {
-		if s.ID == raft.ServerID(n.cfg.ID) {
-			continue
+		if s.ID != raft.ServerID(n.cfg.ID) {
+			addrs = append(addrs, string(s.Address))
 		}
+	}
+	if n.cfg.Join != "" && !slices.Contains(addrs, n.cfg.Join) {
+		addrs = append(addrs, n.cfg.Join)
+	}
+	for i := 0; i < len(addrs); i++ {
 		var st status
 		ctx, cancel := context.WithTimeout(rctx, 2*time.Second)
-		err := n.call(ctx, string(s.Address), "GET", "/status", nil, &st)
+		err := n.call(ctx, addrs[i], "GET", "/status", nil, &st)
 		cancel()
-		if err != nil || st.State != raft.Leader.String() {
+		if err != nil || st.ID == n.cfg.ID {
+			continue
+		}
+		if st.State != raft.Leader.String() {
+			if st.LeaderAddress != "" && st.LeaderAddress != n.cfg.Advertise && !slices.Contains(addrs, st.LeaderAddress) {
+				addrs = append(addrs, st.LeaderAddress)
+			}
 			continue
 		}
 		var members []Member
-		if err := n.call(rctx, string(s.Address), "GET", "/members", nil, &members); err != nil {
+		if err := n.call(rctx, addrs[i], "GET", "/members", nil, &members); err != nil {
 			return false
 		}
 		dropped := !slices.ContainsFunc(members, func(m Member) bool { return m.ID == n.cfg.ID })
 		if dropped {
-			klog.Infof("dqlite: leader %s no longer lists this member: it was removed while it was down", st.ID)
+			klog.Infof("dqlite: leader %s no longer lists this member: it was removed", st.ID)
 		}
 		return dropped
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/k3s-io/kine/pkg/server"
 
 	"github.com/hakube/hakube/internal/pki"
@@ -436,4 +437,61 @@ func TestMemberRemovedWhileDown(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("a member removed while it was down did not notice its removal")
 	}
+}
+
+// TestJoinerRemovedAtOnce: a member removed right after its join, before it
+// has seen itself in its configuration, still notices; also when the leader
+// sent it nothing at all (its Raft connections cut), so that its
+// configuration is empty and it knows only the member it joined through.
+func TestJoinerRemovedAtOnce(t *testing.T) {
+	for _, cut := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raft-cut=%v", cut), func(t *testing.T) {
+			c := newTestCluster(t)
+			c.form(3, nil)
+			cfg := c.config(3, c.ca)
+			cfg.Join = c.cfgs[1].Advertise
+			if cut {
+				cfg.raftConn = func(conn net.Conn, _ bool) net.Conn { _ = conn.Close(); return conn }
+			}
+			c.cfgs = append(c.cfgs, cfg)
+			c.nodes = append(c.nodes, c.start(cfg))
+			if err := c.nodes[0].RemoveMember(ctxT(t), cfg.ID); err != nil {
+				t.Fatalf("remove: %v", err)
+			}
+			select {
+			case <-c.nodes[3].Removed():
+			case <-time.After(20 * time.Second):
+				t.Fatal("a member removed right after it joined did not notice")
+			}
+			c.nodes[3].Stop()
+			c.nodes[3] = nil
+			c.waitVoters(3)
+		})
+	}
+}
+
+// TestLeaderRemoved: a leader that removes itself shuts Raft down as soon as
+// the removal commits (hashicorp/raft's ShutdownOnRemove); it still notices.
+func TestLeaderRemoved(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(3, nil)
+	l := c.leader()
+	target := (l + 1) % 3
+	if err := c.nodes[l].raft.LeadershipTransferToServer(raft.ServerID(c.cfgs[target].ID), raft.ServerAddress(c.cfgs[target].Advertise)).Error(); err != nil {
+		t.Fatalf("leadership transfer: %v", err)
+	}
+	if got := c.leader(); got != target {
+		t.Fatalf("leader %d after the transfer, want %d", got, target)
+	}
+	if err := c.nodes[l].RemoveMember(ctxT(t), c.cfgs[target].ID); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	select {
+	case <-c.nodes[target].Removed():
+	case <-time.After(20 * time.Second):
+		t.Fatal("a leader that removed itself did not notice")
+	}
+	c.nodes[target].Stop()
+	c.nodes[target] = nil
+	c.waitVoters(2)
 }
