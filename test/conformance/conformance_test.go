@@ -183,6 +183,8 @@ func TestConformance(t *testing.T) {
 	stopFault()
 	wg.Wait()
 
+	saveLogs(t, cfg.results, c, agent)
+
 	res, err := parseJunit(filepath.Join(cfg.results, "junit_01.xml"))
 	if err != nil {
 		t.Fatalf("the suite wrote no report (%v); run error: %v; see %s", err, runErr, filepath.Join(cfg.results, "e2e.log"))
@@ -254,6 +256,24 @@ func formCluster(ctx context.Context, t *testing.T, cfg settings) (*harness.Clus
 		return nil
 	})
 	return c, a
+}
+
+// saveLogs keeps the servers' and the agent's logs (their data dirs go with
+// the test) in <results>/logs, to find why a spec failed.
+func saveLogs(t *testing.T, results string, c *harness.Cluster, a *harness.Agent) {
+	dir := filepath.Join(results, "logs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	procs := []*harness.Process{a.Process}
+	for _, s := range c.Servers {
+		procs = append(procs, s.Process)
+	}
+	for _, p := range procs {
+		if err := os.WriteFile(filepath.Join(dir, p.Name+".log"), []byte(p.FullLog()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // addImages links (or copies) the image tarballs into a node's image
