@@ -12,7 +12,7 @@
 #               seq, socat, tar, busybox applets for what Debian lacks, e.g. ps, hostname): the shared bottom layer of
 #               agnhost, nautilus, kitten, glibc-dns-testing and nginx
 #   nginx/      what nginx adds on base: its packages' files and a config serving port 80
-#   busybox/    busybox-static alone, one symlink per applet
+#   busybox/    busybox-static, one symlink per applet in /bin, and a static bash as sh
 #   agnhost/    agnhost's files beside the binary (porter's localhost.{crt,key}, /uploads, its users)
 #   nautilus/, kitten/   their html/ files at /
 #   packages.txt         every Debian package used, as "ROOT PACKAGE VERSION"
@@ -175,10 +175,10 @@ EOF
   local bb=$DIR/busybox
   extract "$bb" busybox busybox-static bash-static
   rm -rf "$bb/usr/share"
-  for a in $("$bb/bin/busybox" --list-full); do
-    [[ -e $bb/$a || -L $bb/$a ]] && continue
-    mkdir -p "$bb/$(dirname "$a")"
-    ln -s /bin/busybox "$bb/$a"
+  # Every applet in /bin, as in the official busybox image upstream's builds on: specs run /bin/sysctl,
+  # which Debian's applet list puts in /sbin.
+  for a in $("$bb/bin/busybox" --list); do
+    [[ -e $bb/bin/$a || -L $bb/bin/$a ]] || ln -s busybox "$bb/bin/$a"
   done
   ln -sf bash-static "$bb/bin/sh"
   passwd_group "$bb"

@@ -399,7 +399,8 @@ func TestConformanceImages(t *testing.T) {
 		go srv.Serve(l)
 		defer srv.Close()
 		im.run(t, nil, true, []string{"wget", "-O-", "--post-data=prestop", "http://" + l.Addr().String() + "/write"}, "POST /write prestop")
-		im.run(t, nil, true, []string{"sh", "-c", "readlink /bin/sleep"}, "/bin/busybox")
+		im.run(t, nil, true, []string{"sh", "-c", "readlink /bin/sleep"}, "busybox")
+		im.run(t, nil, true, []string{"/bin/sysctl", "-n", "kernel.ostype"}, "Linux")
 		// The EnvFrom specs' names are no shell names: sh must pass them on.
 		im.withEnv("data-1=value-1").run(t, nil, true, []string{"sh", "-c", "env"}, "data-1=value-1")
 	})
