@@ -112,7 +112,7 @@ bin/test-images/agnhost.tar: $(IMAGE_BIN)/agnhost $(MKIMAGE)
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -name docker.io/hakube/agnhost:$(AGNHOST_VERSION) -entrypoint /agnhost $<=/agnhost
 
-# The 10 images the KUBE_VERSION [Conformance] specs run, under their upstream names (no KUBE_TEST_REPO_LIST),
+# The 11 images the KUBE_VERSION [Conformance] specs run, under their upstream names (no KUBE_TEST_REPO_LIST),
 # in one OCI layout tarball of several images (hack/mkimage -spec): layers shared between images, above all
 # the Debian tool root under agnhost, nautilus, kitten, glibc-dns-testing and nginx, are stored once.
 # Debian's parts come from 'apt-get download' into bin/.debs; the versions used are in
@@ -124,7 +124,7 @@ CONF_AGNHOST_VERSIONS := 2.66.1 2.55
 SAMPLE_APISERVER_VERSION := v0.37.2
 CONF_ETCD_VERSION := v3.7.3
 CONF_BINS := $(foreach v,$(CONF_AGNHOST_VERSIONS),$(IMAGE_BIN)/agnhost-$(v)) $(IMAGE_BIN)/pause \
-	$(IMAGE_BIN)/sample-apiserver $(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl
+	$(IMAGE_BIN)/sample-apiserver $(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl $(CONF_DIR)/nonewprivs/usr/local/bin/nnp
 
 conformance-images: $(CONFORMANCE_IMAGES)
 
@@ -132,6 +132,14 @@ conformance-images: $(CONFORMANCE_IMAGES)
 $(IMAGE_BIN)/agnhost-%: $(VERSIONS)/kubernetes-$(KUBE_VERSION) scripts/build-kube-main.sh
 	./scripts/build-kube-main.sh $(KUBE_VERSION) k8s.io/kubernetes/test/images/agnhost $@ "-s -w -X main.Version=$*"
 	@touch $@
+
+# nonewprivs' nnp prints its effective uid; it is setuid root, which a tree keeps (mkimage's files are 0755).
+$(IMAGE_BIN)/nnp: $(VERSIONS)/kubernetes-$(KUBE_VERSION) scripts/build-kube-main.sh
+	./scripts/build-kube-main.sh $(KUBE_VERSION) k8s.io/kubernetes/test/images/nonewprivs $@ "-s -w"
+	@touch $@
+
+$(CONF_DIR)/nonewprivs/usr/local/bin/nnp: $(IMAGE_BIN)/nnp
+	install -D -m 4755 $< $@
 
 $(IMAGE_BIN)/sample-apiserver: $(VERSIONS)/sample-apiserver-$(SAMPLE_APISERVER_VERSION)
 	GOBIN=$(CURDIR)/$(IMAGE_BIN) CGO_ENABLED=0 go install -ldflags "-s -w" k8s.io/sample-apiserver@$(SAMPLE_APISERVER_VERSION)

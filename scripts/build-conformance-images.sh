@@ -16,7 +16,8 @@
 #   agnhost/    agnhost's files beside the binary (porter's localhost.{crt,key}, /uploads, its users)
 #   nautilus/, kitten/   their html/ files at /
 #   packages.txt         every Debian package used, as "ROOT PACKAGE VERSION"
-# spec prints the mkimage spec of the 10 images, naming the binaries in IMAGE_BIN.
+#   nonewprivs/          (made by the Makefile) nnp, setuid root
+# spec prints the mkimage spec of the 11 images, naming the binaries in IMAGE_BIN.
 set -euo pipefail
 umask 022
 
@@ -220,6 +221,7 @@ spec() {
     {"name": "kitten", "roots": ["$d/kitten"]},
     {"name": "nginx", "roots": ["$d/nginx"]},
     {"name": "busybox", "roots": ["$d/busybox"]},
+    {"name": "nonewprivs", "roots": ["$d/nonewprivs"]},
     {"name": "pause", "files": ["$bin/pause=/pause"], "dirs": ["/tmp=1777"]},
     {"name": "sample-apiserver", "files": ["$bin/sample-apiserver=/sample-apiserver"], "dirs": ["/tmp=1777"]},
     {"name": "etcd", "files": ["$bin/etcd=/usr/local/bin/etcd", "$bin/etcdctl=/usr/local/bin/etcdctl"],
@@ -238,6 +240,7 @@ spec() {
     {"name": "registry.k8s.io/e2e-test-images/nginx:1.27.0-2", "layers": ["debian-base", "nginx"],
      "cmd": ["nginx", "-g", "daemon off;"], "exposedPorts": ["80/tcp"]},
     {"name": "registry.k8s.io/e2e-test-images/busybox:1.37.0-2", "layers": ["busybox"], "cmd": ["sh"]},
+    {"name": "registry.k8s.io/e2e-test-images/nonewprivs:1.4", "layers": ["nonewprivs"], "cmd": ["nnp"]},
     {"name": "registry.k8s.io/pause:3.10.2", "layers": ["pause"], "entrypoint": ["/pause"]},
     {"name": "registry.k8s.io/e2e-test-images/sample-apiserver:1.29.2", "layers": ["sample-apiserver"], "entrypoint": ["/sample-apiserver"]},
     {"name": "registry.k8s.io/etcd:3.7.0-0", "layers": ["etcd"], "cmd": ["/usr/local/bin/etcd"]}

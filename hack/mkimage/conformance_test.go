@@ -263,7 +263,7 @@ func TestConformanceImages(t *testing.T) {
 		"registry.k8s.io/e2e-test-images/agnhost:2.66.1", "registry.k8s.io/e2e-test-images/agnhost:2.55",
 		"registry.k8s.io/e2e-test-images/nautilus:1.8", "registry.k8s.io/e2e-test-images/kitten:1.8",
 		"registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1", "registry.k8s.io/e2e-test-images/nginx:1.27.0-2",
-		"registry.k8s.io/e2e-test-images/busybox:1.37.0-2", "registry.k8s.io/pause:3.10.2",
+		"registry.k8s.io/e2e-test-images/busybox:1.37.0-2", "registry.k8s.io/e2e-test-images/nonewprivs:1.4", "registry.k8s.io/pause:3.10.2",
 		"registry.k8s.io/e2e-test-images/sample-apiserver:1.29.2", "registry.k8s.io/etcd:3.7.0-0",
 	}
 	if !reflect.DeepEqual(names, wantNames) {
@@ -405,6 +405,11 @@ func TestConformanceImages(t *testing.T) {
 		im.withEnv("data-1=value-1").run(t, nil, true, []string{"sh", "-c", "env"}, "data-1=value-1")
 	})
 
+	t.Run("nonewprivs", func(t *testing.T) {
+		im := unpack(t, l, "registry.k8s.io/e2e-test-images/nonewprivs:1.4")
+		// setuid root: a user's nnp runs as root unless no_new_privs is set (allowPrivilegeEscalation: false).
+		im.run(t, &syscall.Credential{Uid: 1000, Gid: 1000}, true, im.defaultArgs(), "Effective uid: 0")
+	})
 	t.Run("pause", func(t *testing.T) {
 		im := unpack(t, l, "registry.k8s.io/pause:3.10.2")
 		cmd, out := im.command(t, nil, im.defaultArgs()...)
