@@ -37,6 +37,7 @@ type settings struct {
 	results              string   // directory for e2e.log, the junit XML and summary.md
 	datastore            string   // etcd or dqlite
 	focus, skip          string
+	focusName            string        // focus as the summary names it
 	fault                string        // "" or sigkill-leader
 	faultEvery           time.Duration // time between two kills
 	parallel             int           // ginkgo processes
@@ -83,8 +84,9 @@ func load(t *testing.T) settings {
 		fault:     os.Getenv("FAULT"),
 		summary:   os.Getenv("CONFORMANCE_SUMMARY"),
 	}
+	s.focusName = "`" + s.focus + "`"
 	if f := os.Getenv("FOCUS_FILE"); f != "" {
-		s.focus = focusFromFile(t, f)
+		s.focus, s.focusName = focusFromFile(t, f), "the specs listed in "+filepath.Base(f)
 	}
 	if s.e2e == "" {
 		t.Skip("run by 'make conformance' or 'make conformance-quick' (CONFORMANCE_E2E names e2e.test)")
@@ -190,7 +192,7 @@ func TestConformance(t *testing.T) {
 		t.Fatalf("the suite wrote no report (%v); run error: %v; see %s", err, runErr, filepath.Join(cfg.results, "e2e.log"))
 	}
 	res.Name, res.Datastore, res.Fault, res.Duration, res.Kills, res.NotReady = cfg.name, cfg.datastore, cfg.fault, elapsed, faults.list(), notReady
-	res.Focus, res.Skip = cfg.focus, cfg.skip
+	res.Focus, res.Skip = cfg.focusName, cfg.skip
 	if err := os.WriteFile(filepath.Join(cfg.results, "summary.md"), []byte(res.Markdown()), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -89,7 +89,7 @@ func (r *result) Markdown() string {
 	if r.Fault != "" {
 		fault = r.Fault
 	}
-	fmt.Fprintf(&b, "- datastore: %s; fault: %s; focus `%s`", r.Datastore, fault, r.Focus)
+	fmt.Fprintf(&b, "- datastore: %s; fault: %s; focus %s", r.Datastore, fault, r.Focus)
 	if r.Skip != "" {
 		fmt.Fprintf(&b, "; skip `%s`", r.Skip)
 	}

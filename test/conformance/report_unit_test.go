@@ -56,7 +56,7 @@ func TestUpdateDocKeepsOtherRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := func(name string, passed int) {
-		r := &result{Name: name, Datastore: name, Focus: `\[Conformance\]`, Duration: time.Hour, Passed: passed}
+		r := &result{Name: name, Datastore: name, Focus: "`\\[Conformance\\]`", Duration: time.Hour, Passed: passed}
 		if err := r.UpdateDoc(doc, "/x/conformance/results/"+name); err != nil {
 			t.Fatal(err)
 		}
