@@ -149,9 +149,14 @@ $(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl &: $(VERSIONS)/etcd-image-$(CONF_ETCD_VER
 	./scripts/build-etcd.sh $(CONF_ETCD_VERSION) $(IMAGE_BIN)
 	@touch $(IMAGE_BIN)/etcd $(IMAGE_BIN)/etcdctl
 
+BUSYBOX_VERSION := 1.37.0
+BUSYBOX_SHA256 := 3311dff32e746499f4df0d5df04d7eb396382d7e108bb9250e7b519b837043a4
+$(IMAGE_BIN)/busybox: $(VERSIONS)/busybox-$(BUSYBOX_VERSION) scripts/build-busybox.sh
+	./scripts/build-busybox.sh $(BUSYBOX_VERSION) $(BUSYBOX_SHA256) $@
+
 # The file trees (Debian roots, agnhost's files, nautilus' and kitten's html) and the spec naming them.
-$(CONF_DIR)/roots.done: $(VERSIONS)/kubernetes-$(KUBE_VERSION) $(CONF_SH)
-	./$(CONF_SH) roots $(KUBE_VERSION) $(CONF_DIR)
+$(CONF_DIR)/roots.done: $(VERSIONS)/kubernetes-$(KUBE_VERSION) $(CONF_SH) $(IMAGE_BIN)/busybox
+	BUSYBOX=$(IMAGE_BIN)/busybox ./$(CONF_SH) roots $(KUBE_VERSION) $(CONF_DIR)
 	@touch $@
 
 $(CONF_DIR)/spec.json: $(CONF_SH)

@@ -7,12 +7,12 @@
 # 'apt-get download' into DEBS (default bin/.debs, kept as a cache), 'dpkg-deb -x' into a tree (nothing is
 # installed on this machine, no maintainer script runs), usr/share/{doc,man,locale,...} removed.
 #
-# roots writes under DIR:
+# roots writes under DIR (BUSYBOX names the busybox binary for the busybox image):
 #   base/       the Debian tool root (sh, bash, coreutils, curl, wget, nc (OpenBSD), ss/ip, dig/nslookup, getent,
 #               seq, socat, tar, busybox applets for what Debian lacks, e.g. ps, hostname): the shared bottom layer of
 #               agnhost, nautilus, kitten, glibc-dns-testing and nginx
 #   nginx/      what nginx adds on base: its packages' files and a config serving port 80
-#   busybox/    busybox-static, one symlink per applet in /bin, and a static bash as sh
+#   busybox/    $BUSYBOX (built from upstream's source), one symlink per applet in /bin
 #   agnhost/    agnhost's files beside the binary (porter's localhost.{crt,key}, /uploads, its users)
 #   nautilus/, kitten/   their html/ files at /
 #   packages.txt         every Debian package used, as "ROOT PACKAGE VERSION"
@@ -172,16 +172,13 @@ EOF
   ln -sf /dev/stderr "$n/var/log/nginx/error.log"
   chmod 644 "$n/etc/nginx/nginx.conf"
 
-  # busybox: busybox-static, one symlink per applet, passwd/group, /tmp; sh is a static bash, as in base.
+  # busybox: $BUSYBOX (upstream's source and configuration, scripts/build-busybox.sh), every applet in /bin
+  # as in the official busybox image upstream's builds on (specs run /bin/sysctl), passwd/group, /tmp.
   local bb=$DIR/busybox
-  extract "$bb" busybox busybox-static bash-static
-  rm -rf "$bb/usr/share"
-  # Every applet in /bin, as in the official busybox image upstream's builds on: specs run /bin/sysctl,
-  # which Debian's applet list puts in /sbin.
+  install -D -m 0755 "${BUSYBOX:?the busybox binary (make builds it)}" "$bb/bin/busybox"
   for a in $("$bb/bin/busybox" --list); do
     [[ -e $bb/bin/$a || -L $bb/bin/$a ]] || ln -s busybox "$bb/bin/$a"
   done
-  ln -sf bash-static "$bb/bin/sh"
   passwd_group "$bb"
   mkdir -p -m 0700 "$bb/root"
   mkdir -p "$bb/home" "$bb/var/www"

@@ -20,6 +20,10 @@ if [[ $mode == test ]]; then
   compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql) # external-datastore tests
   command -v ip >/dev/null || need+=(iproute2)                                     # namespace hosts
   command -v etcd >/dev/null || need+=(etcd-server)                                # the benchmarks' external-etcd peer
+  # The conformance images: busybox is built from its source (curl, bzip2, make).
+  command -v curl >/dev/null || need+=(curl)
+  command -v bzip2 >/dev/null || need+=(bzip2)
+  command -v make >/dev/null || need+=(make)
 fi
 if ((${#need[@]})); then
   if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
