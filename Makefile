@@ -266,9 +266,11 @@ conformance: build conformance-images $(CONFORMANCE_TOOLS)
 		$(if $(FOCUS)$(SKIP)$(FOCUS_FILE),CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/debug,CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/$(CONFORMANCE_RUN) CONFORMANCE_SUMMARY=$(CURDIR)/docs/conformance.md) \
 		go test -count=1 -timeout 600m -v -run TestConformance ./test/conformance/
 
-# A dozen [Conformance] specs across sig-network, sig-node, sig-apps and sig-api-machinery on the same
-# topology (part of 'make test'); results in conformance/results/quick/.
+# mkimage's tests (every image checked in a chroot), then a dozen [Conformance] specs across sig-network,
+# sig-node, sig-apps and sig-api-machinery on the same topology (part of 'make test'); results in
+# conformance/results/quick/.
 conformance-quick: build conformance-images $(CONFORMANCE_TOOLS)
+	go test -count=1 ./hack/mkimage
 	$(CONFORMANCE_ENV) FOCUS_FILE=$(CURDIR)/test/conformance/quick.txt CONFORMANCE_RESULTS=$(CURDIR)/conformance/results/quick \
 		go test -count=1 -timeout 20m -v -run TestConformance ./test/conformance/
 
