@@ -96,7 +96,7 @@ func TestContainerdImportConformance(t *testing.T) {
 	}
 	names, blobs := importCheck(t, tarball)
 	t.Logf("%d images, %d blobs: %v", len(names), blobs, names)
-	if len(names) != 10 {
-		t.Errorf("%d images, want 10", len(names))
+	if len(names) != 11 {
+		t.Errorf("%d images, want 11", len(names))
 	}
 }
