@@ -243,7 +243,9 @@ func waitFor(t *testing.T, out *syncBuf, s string) {
 	}
 }
 
-func TestConformanceImages(t *testing.T) {
+// conformanceTarball is make conformance-images' output (or
+// $MKIMAGE_CONFORMANCE_TAR); the test is skipped without it.
+func conformanceTarball(t *testing.T) string {
 	tarball := os.Getenv("MKIMAGE_CONFORMANCE_TAR")
 	if tarball == "" {
 		tarball = "../../bin/test-images/conformance.tar"
@@ -251,6 +253,11 @@ func TestConformanceImages(t *testing.T) {
 	if _, err := os.Stat(tarball); err != nil {
 		t.Skipf("%v (make conformance-images builds it)", err)
 	}
+	return tarball
+}
+
+func TestConformanceImages(t *testing.T) {
+	tarball := conformanceTarball(t)
 	if os.Geteuid() != 0 {
 		t.Skip("chroot needs root")
 	}

@@ -87,13 +87,7 @@ func TestContainerdImport(t *testing.T) {
 }
 
 func TestContainerdImportConformance(t *testing.T) {
-	tarball := os.Getenv("MKIMAGE_CONFORMANCE_TAR")
-	if tarball == "" {
-		tarball = "../../bin/test-images/conformance.tar"
-	}
-	if _, err := os.Stat(tarball); err != nil {
-		t.Skipf("%v (make conformance-images builds it)", err)
-	}
+	tarball := conformanceTarball(t)
 	names, blobs := importCheck(t, tarball)
 	t.Logf("%d images, %d blobs: %v", len(names), blobs, names)
 	if len(names) != 11 {

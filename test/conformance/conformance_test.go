@@ -22,9 +22,7 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hakube/hakube/test/harness"
@@ -166,7 +164,7 @@ func TestConformance(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
-			if err := nodeReady(cs, agent.Name); err != nil {
+			if err := harness.NodeReady(cs, agent.Name); err != nil {
 				notReady = append(notReady, time.Now().Format(time.RFC3339)+" "+err.Error())
 			}
 			select {
@@ -241,7 +239,7 @@ func formCluster(ctx context.Context, t *testing.T, cfg settings) (*harness.Clus
 	cs := c.Servers[0].Client()
 	waitFor(ctx, t, 5*time.Minute, "four Ready nodes", func() error {
 		for _, n := range []string{"s1", "s2", "s3", "agent-1"} {
-			if err := nodeReady(cs, n); err != nil {
+			if err := harness.NodeReady(cs, n); err != nil {
 				return err
 			}
 		}
@@ -382,24 +380,6 @@ func waitFor(ctx context.Context, t *testing.T, timeout time.Duration, what stri
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-func nodeReady(cs kubernetes.Interface, name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			if c.Status == corev1.ConditionTrue {
-				return nil
-			}
-			return fmt.Errorf("node %s: %s: %s", name, c.Reason, c.Message)
-		}
-	}
-	return fmt.Errorf("node %s has no Ready condition", name)
 }
 
 func firstLine(s string) string {

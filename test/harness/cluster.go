@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -303,4 +304,25 @@ func CheckKubernetesService(t testing.TB, cs kubernetes.Interface, port, n int) 
 		time.Sleep(time.Second)
 	}
 	t.Fatalf("the kubernetes EndpointSlice does not list %d servers at port %d: %s", n, port, last)
+}
+
+// NodeReady returns nil if the node's Ready condition is true, else why not.
+// One call waits at most 30 s, so a poll loop keeps its pace when a server
+// is down.
+func NodeReady(cs kubernetes.Interface, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			if c.Status == corev1.ConditionTrue {
+				return nil
+			}
+			return fmt.Errorf("node %s: %s: %s", name, c.Reason, c.Message)
+		}
+	}
+	return fmt.Errorf("node %s has no Ready condition", name)
 }

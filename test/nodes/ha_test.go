@@ -42,7 +42,7 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 	began := time.Now()
 	a.Start()
 	cs := s2.Client()
-	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return nodeReady(cs, "agent-1") })
+	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
 	fig.Record(t, "agent_start_to_node_ready", time.Since(began))
 	// Only the agent is a node: the servers run with --disable-agent.
 	nodes, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
@@ -71,7 +71,7 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 	// Ready throughout a minute: longer than the node monitor's grace period
 	// (the node's lease must keep being renewed through another server).
 	for time.Since(killed) < time.Minute {
-		if err := nodeReady(cs, "agent-1"); err != nil {
+		if err := harness.NodeReady(cs, "agent-1"); err != nil {
 			t.Fatalf("%s after killing %s: %v\n%s", time.Since(killed).Round(time.Second), s1.Name, err, a.LogTail(30))
 		}
 		time.Sleep(2 * time.Second)

@@ -87,22 +87,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 	}
 }
 
-func nodeReady(cs kubernetes.Interface, name string) error {
-	n, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			if c.Status == corev1.ConditionTrue {
-				return nil
-			}
-			return fmt.Errorf("node %s: %s: %s", name, c.Reason, c.Message)
-		}
-	}
-	return fmt.Errorf("node %s has no Ready condition", name)
-}
-
 // webPod is an agnhost HTTP server on port 8080, on node (if not empty).
 func webPod(name, node string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{

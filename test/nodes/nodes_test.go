@@ -60,7 +60,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	s.Start(serverArgs...)
 	cs := s.Client()
 	ctx := context.Background()
-	waitFor(t, 2*time.Minute, "server-1 Ready", func() error { return nodeReady(cs, "server-1") })
+	waitFor(t, 2*time.Minute, "server-1 Ready", func() error { return harness.NodeReady(cs, "server-1") })
 	fig.Record(t, "server_start_to_node_ready", time.Since(began))
 	n, err := cs.CoreV1().Nodes().Get(ctx, "server-1", metav1.GetOptions{})
 	if err != nil {
@@ -99,7 +99,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	addTestImage(t, a.Layout().Images(), agentImage)
 	began = time.Now()
 	a.Start()
-	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return nodeReady(cs, "agent-1") })
+	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
 	fig.Record(t, "agent_start_to_node_ready", time.Since(began))
 	for _, line := range []string{"CA of", "certificates received", "containerd is up", "images imported", "registered as agent-1",
 		"pod network up (" + backend, "is Ready"} {
@@ -199,7 +199,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	before := containerIDs(t, cs, "web-2")
 	a.Stop()
 	a.Start()
-	waitFor(t, 2*time.Minute, "agent-1 Ready again", func() error { return nodeReady(cs, "agent-1") })
+	waitFor(t, 2*time.Minute, "agent-1 Ready again", func() error { return harness.NodeReady(cs, "agent-1") })
 	after := runningPod(t, cs, "default", "web-2", time.Minute)
 	if got := containerIDsOf(after); got != before {
 		t.Fatalf("web-2's containers changed across the node's restart: %s -> %s", before, got)
