@@ -1,6 +1,6 @@
 // Package agent is the node role: the components that make a machine a
-// Kubernetes node (credentials, containerd, images, the kubelet, the pod
-// network, kube-proxy), run by `hakube agent` and appended to a server's
+// Kubernetes node (credentials, the registry mirror of its imported images,
+// containerd, images, the kubelet, the pod network, kube-proxy), run by `hakube agent` and appended to a server's
 // own components when the server is a node too. Either way the node gets its
 // credentials from a supervisor with the token, as a remote agent does.
 package agent
@@ -26,6 +26,7 @@ import (
 	"github.com/hakube/hakube/internal/agent/images"
 	"github.com/hakube/hakube/internal/agent/kubelet"
 	"github.com/hakube/hakube/internal/agent/kubeproxy"
+	"github.com/hakube/hakube/internal/agent/mirror"
 	"github.com/hakube/hakube/internal/checkconfig"
 	"github.com/hakube/hakube/internal/component"
 	"github.com/hakube/hakube/internal/identity"
@@ -120,8 +121,10 @@ func (n Node) Components() ([]component.Component, error) {
 	endpoint := n.ContainerRuntimeEndpoint
 	if endpoint == "" {
 		endpoint = "unix://" + l.ContainerdSocket()
-		cs = append(cs,
-			containerd.New(containerd.Config{Layout: l, BinDir: binDir, PauseImage: n.PauseImage, Executable: exe, Registries: n.PrivateRegistry}),
+		m := mirror.New(mirror.Config{Socket: l.ContainerdSocket(), Namespace: containerd.Namespace})
+		cs = append(cs, m,
+			containerd.New(containerd.Config{Layout: l, BinDir: binDir, PauseImage: n.PauseImage, Executable: exe, Registries: n.PrivateRegistry,
+				Mirror: m.Endpoint}),
 			images.New(images.Config{Dirs: []string{filepath.Join(binDir, "images"), l.Images()}, Socket: l.ContainerdSocket(),
 				Namespace: containerd.Namespace, Snapshotter: "overlayfs"}))
 	} else {

@@ -195,6 +195,21 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 		t.Fatal(err)
 	}
 
+	// An imported image with imagePullPolicy: Always comes from the node's
+	// own mirror, before registries.yaml's (no registry is reachable).
+	always := webPod("always", "agent-1", nil)
+	always.Spec.Containers[0].ImagePullPolicy = corev1.PullAlways
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, always, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	runningPod(t, cs, "default", "always", time.Minute)
+	if asked := registry.asked("/v2/hakube/agnhost/"); len(asked) > 0 {
+		t.Fatalf("registries.yaml's mirror was asked for an imported image: %v", asked)
+	}
+	if err := cs.CoreV1().Pods("default").Delete(ctx, "always", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// A restarted node keeps its pods: the same containers, no restarts.
 	before := containerIDs(t, cs, "web-2")
 	a.Stop()
@@ -252,6 +267,19 @@ func (r *registry) pulled() error {
 		}
 	}
 	return fmt.Errorf("requests seen: %v", r.seen)
+}
+
+// asked is the requests seen whose path starts with prefix.
+func (r *registry) asked(prefix string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, s := range r.seen {
+		if strings.HasPrefix(s, prefix) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // refused runs an agent that must not join: it exits non-zero and says why.

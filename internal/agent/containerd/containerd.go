@@ -41,6 +41,9 @@ type Config struct {
 	Executable string
 	// Registries is a registries.yaml (K3s's format); a missing file is none.
 	Registries string
+	// Mirror is the URL of the node's registry mirror of its imported
+	// images, asked at Start (the mirror starts first); nil or "" is none.
+	Mirror func() string
 }
 
 // CNIBinDir is where the CNI plugins are.
@@ -100,7 +103,11 @@ func (c *Containerd) Start(ctx context.Context) error {
 	}
 	// Written even without registries.yaml: containerd would otherwise read
 	// the machine's /etc/containerd/certs.d.
-	if err := c.registries.WriteHosts(l.ContainerdHosts()); err != nil {
+	var mirror string
+	if c.cfg.Mirror != nil {
+		mirror = c.cfg.Mirror()
+	}
+	if err := c.registries.WriteHosts(l.ContainerdHosts(), mirror); err != nil {
 		return err
 	}
 	if err := fsutil.WriteFile(l.ContainerdConfig(), []byte(c.config(restrict)), 0o600); err != nil {

@@ -107,7 +107,7 @@ configs:
 	}
 
 	hosts := filepath.Join(dir, "certs.d")
-	if err := r.WriteHosts(hosts); err != nil {
+	if err := r.WriteHosts(hosts, ""); err != nil {
 		t.Fatal(err)
 	}
 	basic := func(up string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(up)) }
@@ -201,7 +201,7 @@ configs:
 		t.Fatal(err)
 	}
 	delete(r.Mirrors, "docker.io")
-	if err := r.WriteHosts(hosts); err != nil {
+	if err := r.WriteHosts(hosts, ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, gone := range []string{filepath.Join(hosts, "docker.io"), stray} {
@@ -213,12 +213,40 @@ configs:
 		t.Error(err)
 	}
 
-	// No registries: an empty directory.
-	if err := (*Registries)(nil).WriteHosts(hosts); err != nil {
+	// The node's own mirror comes before every registry's mirrors, with no
+	// credentials or TLS settings of theirs.
+	const local = "http://127.0.0.1:40123"
+	if err := r.WriteHosts(hosts, local); err != nil {
+		t.Fatal(err)
+	}
+	for sub, want := range map[string][]string{
+		"_default":                  {local, "https://everything.example.com"},
+		"registry.example.com:5443": {local, "https://everything.example.com"},
+	} {
+		h, text := readHosts(t, filepath.Join(hosts, sub, "hosts.toml"))
+		if got := hostOrder(text); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: hosts %v, want %v\n%s", sub, got, want, text)
+		}
+		if l := h.Host[local]; !reflect.DeepEqual(l.Capabilities, []string{"pull", "resolve"}) || l.Header != nil || l.SkipVerify != nil || l.CA != "" {
+			t.Errorf("%s: the local mirror is %+v\n%s", sub, l, text)
+		}
+	}
+
+	// No registries: an empty directory, or the local mirror for every registry.
+	if err := (*Registries)(nil).WriteHosts(hosts, ""); err != nil {
 		t.Fatal(err)
 	}
 	if ents, err := os.ReadDir(hosts); err != nil || len(ents) != 0 {
 		t.Errorf("after nil: %v %v", ents, err)
+	}
+	if err := (*Registries)(nil).WriteHosts(hosts, local); err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := os.ReadDir(hosts); err != nil || len(ents) != 1 || ents[0].Name() != "_default" {
+		t.Errorf("nil with a local mirror: %v %v", ents, err)
+	}
+	if h, text := readHosts(t, filepath.Join(hosts, "_default", "hosts.toml")); h.Server != "" || !reflect.DeepEqual(hostOrder(text), []string{local}) {
+		t.Errorf("nil with a local mirror:\n%s", text)
 	}
 }
 

@@ -22,6 +22,10 @@ import (
 // PinnedLabel is the CRI's mark of an image the kubelet must not collect.
 const PinnedLabel = "io.cri-containerd.pinned"
 
+// ImportedLabel marks an image imported from a tarball; its value is the
+// tarball's file name. The node's registry mirror serves only these.
+const ImportedLabel = "io.hakube.imported"
+
 // Suffixes are the tarballs imported: OCI layout or docker-archive, plain,
 // gzip or zstd.
 var Suffixes = []string{".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"}
@@ -134,7 +138,8 @@ func importFile(ctx context.Context, cl *ctd.Client, path, snapshotter string) (
 			img.Labels = map[string]string{}
 		}
 		img.Labels[PinnedLabel] = "pinned"
-		if _, err := cl.ImageService().Update(ctx, img, "labels."+PinnedLabel); err != nil {
+		img.Labels[ImportedLabel] = filepath.Base(path)
+		if _, err := cl.ImageService().Update(ctx, img, "labels."+PinnedLabel, "labels."+ImportedLabel); err != nil {
 			return nil, err
 		}
 		if err := ctd.NewImageWithPlatform(cl, img, platforms.Default()).Unpack(ctx, snapshotter); err != nil {
