@@ -121,12 +121,13 @@ func (n Node) Components() ([]component.Component, error) {
 	endpoint := n.ContainerRuntimeEndpoint
 	if endpoint == "" {
 		endpoint = "unix://" + l.ContainerdSocket()
-		m := mirror.New(mirror.Config{Socket: l.ContainerdSocket(), Namespace: containerd.Namespace})
+		imp := images.New(images.Config{Dirs: []string{filepath.Join(binDir, "images"), l.Images()}, Socket: l.ContainerdSocket(),
+			Namespace: containerd.Namespace, Snapshotter: "overlayfs"})
+		m := mirror.New(mirror.Config{Socket: l.ContainerdSocket(), Namespace: containerd.Namespace, Imported: imp.Imported})
 		cs = append(cs, m,
 			containerd.New(containerd.Config{Layout: l, BinDir: binDir, PauseImage: n.PauseImage, Executable: exe, Registries: n.PrivateRegistry,
-				Mirror: m.Endpoint}),
-			images.New(images.Config{Dirs: []string{filepath.Join(binDir, "images"), l.Images()}, Socket: l.ContainerdSocket(),
-				Namespace: containerd.Namespace, Snapshotter: "overlayfs"}))
+				Mirror: m.Host}),
+			imp)
 	} else {
 		klog.Infof("node: using the container runtime at %s; images in %s are not imported", endpoint, l.Images())
 	}

@@ -9,6 +9,7 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hakube/hakube/test/harness"
@@ -142,7 +144,10 @@ func TestConformance(t *testing.T) {
 	defer stop()
 	began := time.Now()
 	c, agent := formCluster(interrupted, t, cfg)
-	cs := c.Servers[1].Client()
+	var clients []kubernetes.Interface
+	for _, s := range c.Servers {
+		clients = append(clients, s.Client())
+	}
 	t.Logf("cluster of %d nodes ready in %s", len(c.Servers)+1, time.Since(began).Round(time.Second))
 
 	// e2e.test runs on the agent's host and reaches the servers through the
@@ -164,7 +169,7 @@ func TestConformance(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
-			if err := harness.NodeReady(cs, agent.Name); err != nil {
+			if err := nodeReady(clients, agent.Name); err != nil {
 				notReady = append(notReady, time.Now().Format(time.RFC3339)+" "+err.Error())
 			}
 			select {
@@ -237,7 +242,7 @@ func formCluster(ctx context.Context, t *testing.T, cfg settings) (*harness.Clus
 	addImages(t, a.Layout().Images(), cfg.images)
 	a.Start()
 	cs := c.Servers[0].Client()
-	waitFor(ctx, t, 5*time.Minute, "four Ready nodes", func() error {
+	harness.WaitFor(ctx, t, 5*time.Minute, "four Ready nodes", func() error {
 		for _, n := range []string{"s1", "s2", "s3", "agent-1"} {
 			if err := harness.NodeReady(cs, n); err != nil {
 				return err
@@ -245,7 +250,7 @@ func formCluster(ctx context.Context, t *testing.T, cfg settings) (*harness.Clus
 		}
 		return nil
 	})
-	waitFor(ctx, t, 5*time.Minute, "CoreDNS ready", func() error {
+	harness.WaitFor(ctx, t, 5*time.Minute, "CoreDNS ready", func() error {
 		d, err := cs.AppsV1().Deployments("kube-system").Get(context.Background(), "coredns", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -363,23 +368,23 @@ func runSuite(ctx context.Context, t *testing.T, cfg settings, wrap []string, ku
 	}
 }
 
-func waitFor(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
+// nodeReady is the node's Ready condition as the cluster sees it: asked of
+// each server in turn, so the server a fault has just killed is not taken for
+// the node being down. It fails when an answering server says not Ready, or
+// when no server answers.
+func nodeReady(clients []kubernetes.Interface, name string) error {
+	var errs []error
+	for _, cs := range clients {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("interrupted while waiting for %s", what)
-		case <-time.After(time.Second):
-		}
+		return harness.ReadyCondition(n)
 	}
+	return fmt.Errorf("no server answered: %w", errors.Join(errs...))
 }
 
 func firstLine(s string) string {

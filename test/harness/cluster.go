@@ -316,13 +316,40 @@ func NodeReady(cs kubernetes.Interface, name string) error {
 	if err != nil {
 		return err
 	}
+	return ReadyCondition(n)
+}
+
+// ReadyCondition returns nil if n's Ready condition is true, else why not.
+func ReadyCondition(n *corev1.Node) error {
 	for _, c := range n.Status.Conditions {
 		if c.Type == corev1.NodeReady {
 			if c.Status == corev1.ConditionTrue {
 				return nil
 			}
-			return fmt.Errorf("node %s: %s: %s", name, c.Reason, c.Message)
+			return fmt.Errorf("node %s: %s: %s", n.Name, c.Reason, c.Message)
 		}
 	}
-	return fmt.Errorf("node %s has no Ready condition", name)
+	return fmt.Errorf("node %s has no Ready condition", n.Name)
+}
+
+// WaitFor polls cond every 250 ms until it returns nil, and fails the test
+// with cond's last error after timeout, or at once when ctx ends (an
+// interrupted run must not sit out a long wait).
+func WaitFor(ctx context.Context, t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("interrupted while waiting for %s", what)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }

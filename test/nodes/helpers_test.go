@@ -74,17 +74,7 @@ func addTestImage(t *testing.T, dir string, ext ...string) {
 // error after timeout.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	harness.WaitFor(context.Background(), t, timeout, what, cond)
 }
 
 // webPod is an agnhost HTTP server on port 8080, on node (if not empty).

@@ -41,9 +41,9 @@ type Config struct {
 	Executable string
 	// Registries is a registries.yaml (K3s's format); a missing file is none.
 	Registries string
-	// Mirror is the URL of the node's registry mirror of its imported
-	// images, asked at Start (the mirror starts first); nil or "" is none.
-	Mirror func() string
+	// Mirror is the node's registry mirror of its imported images (URL and
+	// headers), asked at Start (the mirror starts first); nil is none.
+	Mirror func() (url string, header map[string]string)
 }
 
 // CNIBinDir is where the CNI plugins are.
@@ -103,9 +103,9 @@ func (c *Containerd) Start(ctx context.Context) error {
 	}
 	// Written even without registries.yaml: containerd would otherwise read
 	// the machine's /etc/containerd/certs.d.
-	var mirror string
+	var mirror LocalMirror
 	if c.cfg.Mirror != nil {
-		mirror = c.cfg.Mirror()
+		mirror.URL, mirror.Header = c.cfg.Mirror()
 	}
 	if err := c.registries.WriteHosts(l.ContainerdHosts(), mirror); err != nil {
 		return err

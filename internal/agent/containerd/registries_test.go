@@ -1,6 +1,7 @@
 package containerd
 
 import (
+	"context"
 	"encoding/base64"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -107,7 +109,7 @@ configs:
 	}
 
 	hosts := filepath.Join(dir, "certs.d")
-	if err := r.WriteHosts(hosts, ""); err != nil {
+	if err := r.WriteHosts(hosts, LocalMirror{}); err != nil {
 		t.Fatal(err)
 	}
 	basic := func(up string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(up)) }
@@ -201,7 +203,7 @@ configs:
 		t.Fatal(err)
 	}
 	delete(r.Mirrors, "docker.io")
-	if err := r.WriteHosts(hosts, ""); err != nil {
+	if err := r.WriteHosts(hosts, LocalMirror{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, gone := range []string{filepath.Join(hosts, "docker.io"), stray} {
@@ -216,7 +218,8 @@ configs:
 	// The node's own mirror comes before every registry's mirrors, with no
 	// credentials or TLS settings of theirs.
 	const local = "http://127.0.0.1:40123"
-	if err := r.WriteHosts(hosts, local); err != nil {
+	mirror := LocalMirror{URL: local, Header: map[string]string{"X-Hakube-Mirror-Token": "t0ken"}}
+	if err := r.WriteHosts(hosts, mirror); err != nil {
 		t.Fatal(err)
 	}
 	for sub, want := range map[string][]string{
@@ -227,19 +230,35 @@ configs:
 		if got := hostOrder(text); !reflect.DeepEqual(got, want) {
 			t.Errorf("%s: hosts %v, want %v\n%s", sub, got, want, text)
 		}
-		if l := h.Host[local]; !reflect.DeepEqual(l.Capabilities, []string{"pull", "resolve"}) || l.Header != nil || l.SkipVerify != nil || l.CA != "" {
+		if l := h.Host[local]; !reflect.DeepEqual(l.Capabilities, []string{"pull", "resolve"}) || !reflect.DeepEqual(l.Header, mirror.Header) ||
+			l.SkipVerify != nil || l.CA != "" {
 			t.Errorf("%s: the local mirror is %+v\n%s", sub, l, text)
 		}
 	}
+	// containerd's own reading of the directory: a registry named nowhere
+	// (quay.io) goes to the local mirror first, with its token, then to
+	// the "*" mirror, then to itself.
+	regHosts, err := config.ConfigureHosts(context.Background(), config.HostOptions{HostDir: config.HostDirFromRoot(hosts)})("quay.io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, h := range regHosts {
+		got = append(got, h.Scheme+"://"+h.Host+h.Path)
+	}
+	if want := []string{"http://127.0.0.1:40123/v2", "https://everything.example.com/v2", "https://quay.io/v2"}; !reflect.DeepEqual(got, want) ||
+		regHosts[0].Header.Get("X-Hakube-Mirror-Token") != "t0ken" {
+		t.Errorf("containerd's hosts for quay.io: %v (first header %v), want %v", got, regHosts[0].Header, want)
+	}
 
 	// No registries: an empty directory, or the local mirror for every registry.
-	if err := (*Registries)(nil).WriteHosts(hosts, ""); err != nil {
+	if err := (*Registries)(nil).WriteHosts(hosts, LocalMirror{}); err != nil {
 		t.Fatal(err)
 	}
 	if ents, err := os.ReadDir(hosts); err != nil || len(ents) != 0 {
 		t.Errorf("after nil: %v %v", ents, err)
 	}
-	if err := (*Registries)(nil).WriteHosts(hosts, local); err != nil {
+	if err := (*Registries)(nil).WriteHosts(hosts, mirror); err != nil {
 		t.Fatal(err)
 	}
 	if ents, err := os.ReadDir(hosts); err != nil || len(ents) != 1 || ents[0].Name() != "_default" {

@@ -6,8 +6,8 @@
 // otherwise fail the pull, though the image is right there), and any other
 // image falls through to the next host on the mirror's 404.
 //
-// Only imported images are served (images.ImportedLabel): an image pulled
-// with a pod's credentials must not reach a pod without them, and
+// Only imported images are served, as their tarballs had them: an image
+// pulled with a pod's credentials must not reach a pod without them, and
 // imagePullPolicy: Always (the AlwaysPullImages admission plugin) is how a
 // cluster makes the registry check those credentials. An imported image is
 // already any pod's with imagePullPolicy: IfNotPresent.
@@ -15,6 +15,9 @@ package mirror
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,24 +35,32 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
-
-	nodeimages "github.com/hakube/hakube/internal/agent/images"
 )
 
-// Config is the containerd whose images are served.
+// TokenHeader carries the mirror's token: only containerd, whose hosts.toml
+// (0600) holds it, may read through the mirror; any other process on the
+// node, or a hostNetwork pod, gets a 401 instead of the node's images.
+const TokenHeader = "X-Hakube-Mirror-Token"
+
+// Config is the containerd whose imported images are served.
 type Config struct {
 	Socket, Namespace string
+	// Imported is the target of each image name imported from a tarball.
+	Imported func() map[string]ocispec.Descriptor
 }
 
 // Mirror is the component.
 type Mirror struct {
-	cfg Config
-	ln  net.Listener
-	srv *http.Server
+	cfg   Config
+	token string
+	ln    net.Listener
+	srv   *http.Server
 
-	mu sync.Mutex
-	cl *ctd.Client
+	mu     sync.Mutex
+	cl     *ctd.Client
+	closed bool
 }
 
 // New returns the component.
@@ -59,16 +70,22 @@ func (m *Mirror) Name() string { return "registry mirror" }
 
 func (m *Mirror) Init(context.Context) error { return nil }
 
-// Start listens on a free loopback port (containerd learns it from
-// Endpoint when its hosts.toml files are written, so a fixed port cannot
-// collide with anything) and serves.
+// Start listens on a free loopback port (containerd learns it from Host
+// when its hosts.toml files are written, so no fixed port can collide with
+// anything) and serves.
 func (m *Mirror) Start(context.Context) error {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	m.token = hex.EncodeToString(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("registry mirror: %w", err)
 	}
 	m.ln = ln
-	m.srv = &http.Server{Handler: &Handler{Namespace: m.cfg.Namespace, Stores: m.stores}, ReadHeaderTimeout: 10 * time.Second}
+	h := &Handler{Namespace: m.cfg.Namespace, Token: m.token, Imported: m.cfg.Imported, Content: m.content}
+	m.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			klog.Errorf("registry mirror: %v", err)
@@ -77,12 +94,13 @@ func (m *Mirror) Start(context.Context) error {
 	return nil
 }
 
-// Endpoint is the mirror's URL, for hosts.toml; "" before Start.
-func (m *Mirror) Endpoint() string {
+// Host is the mirror's URL and the header containerd must send it, for
+// hosts.toml; "" before Start.
+func (m *Mirror) Host() (url string, header map[string]string) {
 	if m.ln == nil {
-		return ""
+		return "", nil
 	}
-	return "http://" + m.ln.Addr().String()
+	return "http://" + m.ln.Addr().String(), map[string]string{TokenHeader: m.token}
 }
 
 // Stop ends the server (a pull in flight gets 5 s) and the containerd client.
@@ -93,8 +111,12 @@ func (m *Mirror) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := m.srv.Shutdown(ctx)
+	if err != nil {
+		_ = m.srv.Close()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	if m.cl != nil {
 		_ = m.cl.Close()
 		m.cl = nil
@@ -102,33 +124,45 @@ func (m *Mirror) Stop() error {
 	return err
 }
 
-// stores connects to containerd at the first request: containerd starts
-// after the mirror, and only containerd asks the mirror for anything.
-func (m *Mirror) stores() (images.Store, content.Provider, error) {
+// content connects to containerd at the first request: containerd starts
+// after the mirror, and only containerd asks the mirror for anything. Calls
+// wait for the connection (a restarting containerd) rather than fail at once;
+// each request bounds its own wait.
+func (m *Mirror) content() (content.Provider, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errors.New("the registry mirror is stopping")
+	}
 	if m.cl == nil {
-		cl, err := ctd.New(m.cfg.Socket, ctd.WithDefaultNamespace(m.cfg.Namespace), ctd.WithTimeout(5*time.Second))
+		cl, err := ctd.New(m.cfg.Socket, ctd.WithDefaultNamespace(m.cfg.Namespace), ctd.WithTimeout(5*time.Second),
+			ctd.WithCallOpts([]grpc.CallOption{grpc.WaitForReady(true)}))
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		m.cl = cl
 	}
-	return m.cl.ImageService(), m.cl.ContentStore(), nil
+	return m.cl.ContentStore(), nil
 }
 
 // Handler serves the distribution API's read side (the version check,
-// manifests and blobs by GET and HEAD) for the imported images of Stores'
-// containerd namespace.
-// containerd names the registry a request is for in the "ns" query
-// parameter (it adds it whenever the host is not the registry itself); a
-// request without it is for no image here.
+// manifests and blobs by GET and HEAD) for the imported images, from the
+// content store of containerd's namespace. containerd names the registry a
+// request is for in the "ns" query parameter (it adds it whenever the host
+// is not the registry itself); a request without it is for no image here.
 type Handler struct {
 	Namespace string
-	Stores    func() (images.Store, content.Provider, error)
+	// Token must come in TokenHeader.
+	Token    string
+	Imported func() map[string]ocispec.Descriptor
+	Content  func() (content.Provider, error)
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if subtle.ConstantTimeCompare([]byte(r.Header.Get(TokenHeader)), []byte(h.Token)) != 1 {
+		distError(w, http.StatusUnauthorized, "UNAUTHORIZED", "this mirror serves the node's containerd only")
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		distError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "this mirror is read-only")
@@ -145,13 +179,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		distError(w, http.StatusNotFound, "NAME_UNKNOWN", "no such repository here")
 		return
 	}
-	is, cs, err := h.Stores()
+	cs, err := h.Content()
 	if err != nil {
 		distError(w, http.StatusServiceUnavailable, "UNAVAILABLE", err.Error())
 		return
 	}
-	ctx := namespaces.WithNamespace(r.Context(), h.Namespace)
-	desc, err := find(ctx, is, cs, ns+"/"+repo, kind, ref)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(r.Context(), h.Namespace), 30*time.Second)
+	defer cancel()
+	desc, err := find(ctx, h.Imported(), cs, ns+"/"+repo, kind, ref)
 	if errdefs.IsNotFound(err) {
 		distError(w, http.StatusNotFound, map[string]string{"manifests": "MANIFEST_UNKNOWN", "blobs": "BLOB_UNKNOWN"}[kind], err.Error())
 		return
@@ -197,32 +232,23 @@ func parsePath(p string) (repo, kind, ref string, ok bool) {
 }
 
 // find is the descriptor a request names, within the imported images of
-// the repository name (registry/path). A manifest by tag is the image's
+// the repository name (registry/path). A manifest by tag is the imported
 // target; a manifest by digest, or a blob, must be in the tree of one of
 // the repository's imported images, so nothing of another repository or of
 // a pulled image is reachable by its digest.
-func find(ctx context.Context, is images.Store, cs content.Provider, name, kind, ref string) (ocispec.Descriptor, error) {
+func find(ctx context.Context, imported map[string]ocispec.Descriptor, cs content.Provider, name, kind, ref string) (ocispec.Descriptor, error) {
 	dgst, err := digest.Parse(ref)
 	if kind == "blobs" && err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("%q is not a digest: %w", ref, errdefs.ErrNotFound)
 	}
 	if err != nil {
-		img, err := is.Get(ctx, name+":"+ref)
-		if err != nil {
-			return ocispec.Descriptor{}, err
+		if target, ok := imported[name+":"+ref]; ok {
+			return target, nil
 		}
-		if img.Labels[nodeimages.ImportedLabel] == "" {
-			return ocispec.Descriptor{}, fmt.Errorf("%s:%s was not imported from a tarball: %w", name, ref, errdefs.ErrNotFound)
-		}
-		return img.Target, nil
+		return ocispec.Descriptor{}, fmt.Errorf("%s:%s was not imported from a tarball: %w", name, ref, errdefs.ErrNotFound)
 	}
-	// Tagged (name:tag) and digest (name@sha256:...) images of the repository.
-	list, err := is.List(ctx, `labels."`+nodeimages.ImportedLabel+`"`)
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	for _, img := range list {
-		if !strings.HasPrefix(img.Name, name+":") && !strings.HasPrefix(img.Name, name+"@") {
+	for n, target := range imported {
+		if !strings.HasPrefix(n, name+":") && !strings.HasPrefix(n, name+"@") {
 			continue
 		}
 		var found *ocispec.Descriptor
@@ -240,7 +266,7 @@ func find(ctx context.Context, is images.Store, cs content.Provider, name, kind,
 				return nil, images.ErrSkipDesc
 			}
 			return children, err
-		}), img.Target)
+		}), target)
 		if err != nil {
 			return ocispec.Descriptor{}, err
 		}

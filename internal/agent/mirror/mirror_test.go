@@ -12,44 +12,26 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/containerd/v2/core/metadata"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	bolt "go.etcd.io/bbolt"
-
-	nodeimages "github.com/hakube/hakube/internal/agent/images"
 )
 
-// store is containerd's own metadata and content stores on a temp dir.
+// store is containerd's own content store on a temp dir.
 type store struct {
-	images  images.Store
 	content content.Store
 	ctx     context.Context
 }
 
 func newStore(t *testing.T) *store {
 	t.Helper()
-	dir := t.TempDir()
-	cs, err := local.NewStore(filepath.Join(dir, "content"))
+	cs, err := local.NewStore(filepath.Join(t.TempDir(), "content"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bdb, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = bdb.Close() })
-	db := metadata.NewDB(bdb, cs, nil)
-	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
-	if err := db.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return &store{images: metadata.NewImageStore(db), content: db.ContentStore(), ctx: ctx}
+	return &store{content: cs, ctx: context.Background()}
 }
 
 func (s *store) blob(t *testing.T, mediaType string, b []byte) ocispec.Descriptor {
@@ -80,21 +62,13 @@ func (s *store) manifest(t *testing.T, layer []byte) (ocispec.Descriptor, ocispe
 	return s.json(t, ocispec.MediaTypeImageManifest, m), l
 }
 
-func (s *store) image(t *testing.T, name string, target ocispec.Descriptor, imported bool) {
-	t.Helper()
-	img := images.Image{Name: name, Target: target, Labels: map[string]string{}}
-	if imported {
-		img.Labels[nodeimages.ImportedLabel] = "agnhost.tar"
-	}
-	if _, err := s.images.Create(s.ctx, img); err != nil {
-		t.Fatal(err)
-	}
-}
+const token = "t0ken"
 
 // TestMirror: containerd's own resolver and fetcher, pointed at the mirror
 // as their only host, get an imported image by tag and by digest, and
-// nothing of an image that was pulled rather than imported, nor of another
-// registry's repository of the same path.
+// nothing of an image that was not imported (pulled, with a pod's
+// credentials), nor of another registry's repository of the same path; a
+// request without the token gets nothing.
 func TestMirror(t *testing.T) {
 	s := newStore(t)
 	m, layer := s.manifest(t, []byte("imported layer"))
@@ -105,18 +79,18 @@ func TestMirror(t *testing.T) {
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{m, missing}}
 	idx.SchemaVersion = 2
 	index := s.json(t, ocispec.MediaTypeImageIndex, idx)
-	s.image(t, "registry.k8s.io/e2e-test-images/agnhost:2.55", index, true)
+	// In the content store, as a pulled image's would be, but not imported.
 	private, privateLayer := s.manifest(t, []byte("a layer pulled with a pod's credentials"))
-	s.image(t, "registry.k8s.io/e2e-test-images/private:1", private, false)
+	imported := map[string]ocispec.Descriptor{"registry.k8s.io/e2e-test-images/agnhost:2.55": index}
 
-	srv := httptest.NewServer(&Handler{Namespace: "k8s.io", Stores: func() (images.Store, content.Provider, error) {
-		return s.images, s.content, nil
-	}})
+	srv := httptest.NewServer(&Handler{Namespace: "k8s.io", Token: token,
+		Imported: func() map[string]ocispec.Descriptor { return imported },
+		Content:  func() (content.Provider, error) { return s.content, nil }})
 	defer srv.Close()
 	u, _ := url.Parse(srv.URL)
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: func(string) ([]docker.RegistryHost, error) {
 		return []docker.RegistryHost{{Client: srv.Client(), Host: u.Host, Scheme: "http", Path: "/v2",
-			Capabilities: docker.HostCapabilityPull | docker.HostCapabilityResolve}}, nil
+			Capabilities: docker.HostCapabilityPull | docker.HostCapabilityResolve, Header: http.Header{TokenHeader: {token}}}}, nil
 	}})
 	ctx := context.Background()
 
@@ -145,24 +119,30 @@ func TestMirror(t *testing.T) {
 	}
 
 	for _, ref := range []string{
-		"registry.k8s.io/e2e-test-images/private:1",                          // pulled, not imported
+		"registry.k8s.io/e2e-test-images/private:1",                          // not imported
 		"registry.k8s.io/e2e-test-images/private@" + private.Digest.String(), // nor by digest
+		"registry.k8s.io/e2e-test-images/agnhost@" + private.Digest.String(), // nor under an imported repository
 		"docker.io/e2e-test-images/agnhost:2.55",                             // another registry
 		"registry.k8s.io/e2e-test-images/agnhost:2.66",                       // another tag
-		"registry.k8s.io/e2e-test-images/agnhost@" + missing.Digest.String(),
+		"registry.k8s.io/e2e-test-images/agnhost@" + missing.Digest.String(), // a platform not imported
 	} {
 		if _, _, err := resolver.Resolve(ctx, ref); !errdefs.IsNotFound(err) {
 			t.Errorf("resolve %s: %v, want not found", ref, err)
 		}
 	}
 	// The private layer's digest under the imported repository (the
-	// fetcher opens lazily: the error comes with the first read).
-	if rc, err := f.Fetch(ctx, privateLayer); err == nil {
-		b, err := io.ReadAll(rc)
+	// fetcher opens lazily: the error may come with the first read).
+	rc, err := f.Fetch(ctx, privateLayer)
+	if err == nil {
+		var b []byte
+		b, err = io.ReadAll(rc)
 		rc.Close()
-		if !errdefs.IsNotFound(err) {
-			t.Errorf("a pulled image's layer under an imported repository: %q, %v; want not found", b, err)
+		if err == nil {
+			t.Errorf("a layer not imported was served: %q", b)
 		}
+	}
+	if !errdefs.IsNotFound(err) {
+		t.Errorf("a layer not imported: %v, want not found", err)
 	}
 
 	get := func(method, path string, header ...string) *http.Response {
@@ -178,21 +158,65 @@ func TestMirror(t *testing.T) {
 		resp.Body.Close()
 		return resp
 	}
-	if r := get("GET", "/v2/"); r.StatusCode != 200 || r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+	const tag = "/v2/e2e-test-images/agnhost/manifests/2.55?ns=registry.k8s.io"
+	for _, h := range [][]string{nil, {TokenHeader, "wrong"}} {
+		if r := get("GET", tag, h...); r.StatusCode != 401 {
+			t.Errorf("token %v: %s", h, r.Status)
+		}
+	}
+	if r := get("GET", "/v2/", TokenHeader, token); r.StatusCode != 200 || r.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
 		t.Errorf("/v2/: %s %v", r.Status, r.Header)
 	}
-	if r := get("GET", "/v2/e2e-test-images/agnhost/manifests/2.55"); r.StatusCode != 404 {
+	// The registry in the path instead of ns names no image.
+	if r := get("GET", "/v2/registry.k8s.io/e2e-test-images/agnhost/manifests/2.55", TokenHeader, token); r.StatusCode != 404 {
 		t.Errorf("without ns: %s", r.Status)
 	}
-	if r := get("PUT", "/v2/e2e-test-images/agnhost/manifests/2.55?ns=registry.k8s.io"); r.StatusCode != 405 {
+	if r := get("PUT", tag, TokenHeader, token); r.StatusCode != 405 {
 		t.Errorf("PUT: %s", r.Status)
 	}
-	r := get("HEAD", "/v2/e2e-test-images/agnhost/manifests/2.55?ns=registry.k8s.io")
+	r := get("HEAD", tag, TokenHeader, token)
 	if r.StatusCode != 200 || r.ContentLength != index.Size || r.Header.Get("Docker-Content-Digest") != index.Digest.String() ||
 		r.Header.Get("Content-Type") != ocispec.MediaTypeImageIndex {
 		t.Errorf("HEAD manifest: %s, length %d, %v", r.Status, r.ContentLength, r.Header)
 	}
-	if r := get("GET", "/v2/e2e-test-images/agnhost/blobs/"+layer.Digest.String()+"?ns=registry.k8s.io", "Range", "bytes=9-"); r.StatusCode != 206 || r.ContentLength != layer.Size-9 {
+	if r := get("GET", "/v2/e2e-test-images/agnhost/blobs/"+layer.Digest.String()+"?ns=registry.k8s.io", TokenHeader, token, "Range", "bytes=9-"); r.StatusCode != 206 || r.ContentLength != layer.Size-9 {
 		t.Errorf("a ranged blob: %s, length %d", r.Status, r.ContentLength)
+	}
+}
+
+// TestComponent: the component serves on loopback with a new token at each
+// start, which Host gives containerd, and stops serving at Stop.
+func TestComponent(t *testing.T) {
+	m := New(Config{Socket: filepath.Join(t.TempDir(), "none.sock"), Namespace: "k8s.io",
+		Imported: func() map[string]ocispec.Descriptor { return nil }})
+	if u, _ := m.Host(); u != "" {
+		t.Fatalf("before Start: %q", u)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	u, header := m.Host()
+	pu, err := url.Parse(u)
+	if err != nil || pu.Scheme != "http" || pu.Hostname() != "127.0.0.1" || len(header[TokenHeader]) != 32 {
+		t.Fatalf("Host: %q %v", u, header)
+	}
+	for h, want := range map[string]int{header[TokenHeader]: 200, "": 401} {
+		req, _ := http.NewRequest("GET", u+"/v2/", nil)
+		req.Header.Set(TokenHeader, h)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("token %q: %s, want %d", h, resp.Status, want)
+		}
+	}
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.Get(u + "/v2/"); err == nil {
+		resp.Body.Close()
+		t.Error("still serving after Stop")
 	}
 }
