@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/hakube/hakube/internal/secretsencrypt"
 )
 
 // Prefix is where bootstrap data lives in the datastore.
@@ -23,7 +25,11 @@ const Prefix = "/hakube/bootstrap/"
 const (
 	saltLen    = 16
 	iterations = 100_000
-	version    = 1
+	// version is 2 when the data holds Secrets keys: a hakube of version 1
+	// would refuse it rather than run the cluster's apiserver without them
+	// (it would write Secrets in clear and fail to read the others).
+	version         = 1
+	versionWithKeys = 2
 )
 
 // Critical holds settings that must be equal on every server of a cluster.
@@ -33,6 +39,8 @@ type Critical struct {
 	ClusterDNS    string `json:"clusterDNS"`
 	ClusterDomain string `json:"clusterDomain"`
 	Datastore     string `json:"datastore"`
+	// SecretsEncryption: the cluster was created with --secrets-encryption.
+	SecretsEncryption bool `json:"secretsEncryption,omitempty"`
 }
 
 // Mismatches lists every flag whose value differs from the cluster's, as
@@ -49,7 +57,18 @@ func (c Critical) Mismatches(cluster Critical) []string {
 	check("--cluster-dns", c.ClusterDNS, cluster.ClusterDNS)
 	check("--cluster-domain", c.ClusterDomain, cluster.ClusterDomain)
 	check("datastore kind", c.Datastore, cluster.Datastore)
+	if c.SecretsEncryption != cluster.SecretsEncryption {
+		out = append(out, fmt.Sprintf("--secrets-encryption is %s here but %s in the cluster (the cluster chose it when it was created)",
+			onOff(c.SecretsEncryption), onOff(cluster.SecretsEncryption)))
+	}
 	return out
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // MismatchError reports critical settings that differ from the cluster's.
@@ -65,6 +84,8 @@ type Data struct {
 	Version  int               `json:"version"`
 	Files    map[string][]byte `json:"files"`
 	Critical Critical          `json:"critical"`
+	// Encryption is the keys of Secrets at rest, when Critical.SecretsEncryption.
+	Encryption *secretsencrypt.State `json:"encryption,omitempty"`
 }
 
 // Key is the datastore key for data encrypted with secret. It is a hash, so
@@ -77,6 +98,9 @@ func Key(secret string) string {
 // Encrypt seals d with AES-256-GCM under a PBKDF2 key from secret.
 func Encrypt(secret string, d Data) ([]byte, error) {
 	d.Version = version
+	if d.Encryption != nil {
+		d.Version = versionWithKeys
+	}
 	plain, err := json.Marshal(d)
 	if err != nil {
 		return nil, err
@@ -118,8 +142,8 @@ func Decrypt(secret string, blob []byte) (Data, error) {
 	if err := json.Unmarshal(plain, &d); err != nil {
 		return Data{}, fmt.Errorf("bootstrap data is corrupt: %w", err)
 	}
-	if d.Version != version {
-		return Data{}, fmt.Errorf("bootstrap data has version %d; this hakube reads version %d", d.Version, version)
+	if d.Version != version && d.Version != versionWithKeys {
+		return Data{}, fmt.Errorf("bootstrap data has version %d; this hakube reads versions %d and %d", d.Version, version, versionWithKeys)
 	}
 	return d, nil
 }

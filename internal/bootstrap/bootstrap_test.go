@@ -4,6 +4,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/hakube/hakube/internal/secretsencrypt"
 )
 
 func TestEncryptRoundTrip(t *testing.T) {
@@ -53,5 +56,32 @@ func TestMismatchesListsEveryFlag(t *testing.T) {
 	}
 	if !strings.Contains(MismatchError(m).Error(), "corp.local") {
 		t.Fatal(MismatchError(m).Error())
+	}
+	theirs = mine
+	theirs.SecretsEncryption = true
+	if m := mine.Mismatches(theirs); len(m) != 1 || !strings.Contains(m[0], "--secrets-encryption is off here but on in the cluster") {
+		t.Fatalf("secrets encryption: %v", m)
+	}
+}
+
+// TestVersionWithKeys: data holding Secrets keys is version 2, so a hakube
+// that reads only version 1 refuses it instead of running without them.
+func TestVersionWithKeys(t *testing.T) {
+	keys, err := secretsencrypt.New(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		keys *secretsencrypt.State
+		want int
+	}{{nil, 1}, {keys, 2}} {
+		blob, err := Encrypt("secret", Data{Encryption: c.keys})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decrypt("secret", blob)
+		if err != nil || got.Version != c.want || (c.keys != nil && got.Encryption.Active != keys.Active) {
+			t.Fatalf("keys %v: version %d, %+v, %v; want version %d", c.keys != nil, got.Version, got.Encryption, err, c.want)
+		}
 	}
 }

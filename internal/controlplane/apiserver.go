@@ -38,6 +38,9 @@ type APIServerConfig struct {
 	NodePortRange       string
 	ClusterDomain       string
 	Datastore           datastore.Datastore
+	// EncryptionConfig is an EncryptionConfiguration for Secrets at rest;
+	// "" stores them in clear.
+	EncryptionConfig string
 	// ExtraArgs are passed through verbatim (--kube-apiserver-arg), last so they win.
 	ExtraArgs []string
 }
@@ -110,6 +113,10 @@ func (a *APIServer) args() []string {
 	}
 	if ep.CertFile != "" {
 		args = append(args, "--etcd-certfile="+ep.CertFile, "--etcd-keyfile="+ep.KeyFile)
+	}
+	if a.cfg.EncryptionConfig != "" {
+		// Reloaded when it changes, so new keys need no restart.
+		args = append(args, "--encryption-provider-config="+a.cfg.EncryptionConfig, "--encryption-provider-config-automatic-reload=true")
 	}
 	return append(args, a.cfg.ExtraArgs...)
 }

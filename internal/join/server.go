@@ -84,6 +84,10 @@ func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bootstrap data not available: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
+	// A joining server reads the Secrets keys from the datastore once it is
+	// a member; through here they would reach anyone with the token,
+	// agents included.
+	data.Encryption = nil
 	writeJSON(w, data)
 }
 

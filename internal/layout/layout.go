@@ -34,6 +34,12 @@ func (l Layout) Kubeconfig(component string) string {
 	return filepath.Join(l.ServerDir(), "cred", component+".kubeconfig")
 }
 
+// EncryptionConfig is the apiserver's EncryptionConfiguration, written
+// from the cluster's keys at every start (it holds them: 0600).
+func (l Layout) EncryptionConfig() string {
+	return filepath.Join(l.ServerDir(), "cred", "encryption-config.json")
+}
+
 // Manifests holds Kubernetes manifests the server applies to the cluster.
 func (l Layout) Manifests() string { return filepath.Join(l.ServerDir(), "manifests") }
 

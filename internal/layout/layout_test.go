@@ -11,6 +11,7 @@ func TestPathsAreStable(t *testing.T) {
 		string(l.TLS()):              "/var/lib/hakube/server/tls",
 		l.APIServerCertDir():         "/var/lib/hakube/server/tls/temporary-certs",
 		l.Kubeconfig("admin"):        "/var/lib/hakube/server/cred/admin.kubeconfig",
+		l.EncryptionConfig():         "/var/lib/hakube/server/cred/encryption-config.json",
 		l.Token():                    "/var/lib/hakube/server/token",
 		l.Manifests():                "/var/lib/hakube/server/manifests",
 		l.DB():                       "/var/lib/hakube/server/db",

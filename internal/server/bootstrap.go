@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/secretsencrypt"
 	"github.com/hakube/hakube/internal/token"
 )
 
@@ -28,6 +30,8 @@ type clusterBootstrap struct {
 	tok       token.Token
 	tokenPath string
 	critical  bootstrap.Critical
+	// encryptionConfig is where the apiserver's EncryptionConfiguration goes.
+	encryptionConfig string
 	// afterShared runs once the CAs are in place: minting leaves, kubeconfigs.
 	afterShared func() error
 }
@@ -71,6 +75,9 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := writeEncryptionConfig(b.encryptionConfig, data); err != nil {
+		return err
+	}
 	changed, err := b.tlsDir.WriteShared(data.Files)
 	if err != nil {
 		return fmt.Errorf("writing the cluster's CAs: %w", err)
@@ -102,6 +109,11 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 	critical := b.critical
 	critical.Datastore = string(b.ds.Kind())
 	data := bootstrap.Data{Files: files, Critical: critical}
+	if critical.SecretsEncryption {
+		if data.Encryption, err = secretsencrypt.New(time.Now()); err != nil {
+			return bootstrap.Data{}, err
+		}
+	}
 	created, err := bootstrap.Create(ctx, cli, b.tok.Secret, data)
 	if err != nil {
 		return bootstrap.Data{}, err
@@ -115,6 +127,28 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 }
 
 func (b *clusterBootstrap) Stop() error { return nil }
+
+// writeEncryptionConfig writes the apiserver's EncryptionConfiguration from
+// the cluster's keys, or removes a stale one from a cluster without them.
+func writeEncryptionConfig(path string, data bootstrap.Data) error {
+	if !data.Critical.SecretsEncryption {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	if data.Encryption == nil {
+		return errors.New("the cluster was created with --secrets-encryption, but its bootstrap data holds no keys")
+	}
+	cfg, err := data.Encryption.Config()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	return fsutil.WriteFile(path, cfg, 0o600)
+}
 
 // resolveToken picks the token: the one given, else the one stored in the data
 // dir, else a new random one. A given token must match the stored one.

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/hakube/hakube/internal/agent"
+	"github.com/hakube/hakube/internal/bootstrap"
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/datastore/external"
@@ -59,6 +60,9 @@ type Config struct {
 	ExposeMetrics bool
 	// EnablePprof serves Go's profiles on the loopback metrics listener.
 	EnablePprof bool
+	// SecretsEncryption encrypts Secrets at rest with the cluster's keys
+	// (chosen when the cluster is created; docs/security.md).
+	SecretsEncryption bool
 
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
 	Token     string
@@ -114,6 +118,15 @@ func NewConfig() Config {
 // layout names the paths under the data dir.
 func (c Config) layout() layout.Layout { return layout.New(c.DataDir) }
 
+// critical is the settings every server of the cluster must share, on
+// datastore kind.
+func (c Config) critical(kind datastore.Kind) bootstrap.Critical {
+	return bootstrap.Critical{
+		ClusterCIDR: c.ClusterCIDR, ServiceCIDR: c.ServiceCIDR, ClusterDNS: c.ClusterDNS, ClusterDomain: c.ClusterDomain,
+		Datastore: string(kind), SecretsEncryption: c.SecretsEncryption,
+	}
+}
+
 // snapshotDir is where scheduled snapshots go.
 func (c Config) snapshotDir() string {
 	if c.SnapshotDir != "" {
@@ -144,6 +157,12 @@ func (c Config) Validate() error {
 	for flag, v := range map[string]string{"--node-ip": c.NodeIP, "--advertise-address": c.AdvertiseAddress, "--bind-address": c.BindAddress} {
 		if v != "" && net.ParseIP(v) == nil {
 			add("%s %q is not an IP address", flag, v)
+		}
+	}
+	for _, a := range c.KubeAPIServerArgs {
+		if k, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "="); strings.HasPrefix(k, "encryption-provider-config") {
+			add("--kube-apiserver-arg %q: hakube writes the apiserver's encryption configuration itself; use --secrets-encryption "+
+				"(the cluster's keys, docs/security.md) instead", a)
 		}
 	}
 	if c.HTTPSPort < 1 || c.HTTPSPort > 65534 {

@@ -91,6 +91,14 @@ func planReset(cfg Config, tok token.Token, etcdCfg etcd.Config) (*clusterReset,
 	}
 	data, err := snapshotBootstrap(get, tok)
 	if err == nil {
+		// Checked here, not only at the bootstrap: by then the old data
+		// would be aside.
+		mine := cfg.critical(datastore.Kind(data.Critical.Datastore))
+		if m := mine.Mismatches(data.Critical); len(m) > 0 {
+			err = bootstrap.MismatchError(m)
+		}
+	}
+	if err == nil {
 		err = moveAside(l, have)
 	}
 	if err == nil {

@@ -66,17 +66,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	critical := bootstrap.Critical{
-		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR,
-		ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
-		Datastore: string(ds.Kind()),
-	}
+	critical := cfg.critical(ds.Kind())
 	boot := &clusterBootstrap{
-		ds:        ds,
-		tlsDir:    tlsDir,
-		tok:       id.Token,
-		tokenPath: l.Token(),
-		critical:  critical,
+		ds:               ds,
+		tlsDir:           tlsDir,
+		tok:              id.Token,
+		tokenPath:        l.Token(),
+		critical:         critical,
+		encryptionConfig: l.EncryptionConfig(),
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
 				TLSDir: tlsDir, NodeName: id.Name, NodeIP: id.IP, AdvertiseIP: id.AdvertiseIP,
@@ -108,11 +105,15 @@ func Run(ctx context.Context, cfg Config) error {
 		ProxyCertFile: tlsDir.Cert(controlplane.AuthProxyCert), ProxyKeyFile: tlsDir.Key(controlplane.AuthProxyCert),
 		APIServerURL: apiURL,
 	})
-	api := controlplane.NewAPIServer(controlplane.APIServerConfig{
+	apiCfg := controlplane.APIServerConfig{
 		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertisePort: cfg.HTTPSPort, AdvertiseIP: id.AdvertiseIP,
 		ServiceCIDR: cfg.ServiceCIDR, NodePortRange: "30000-32767", ClusterDomain: cfg.ClusterDomain,
 		Datastore: ds, ExtraArgs: flagArgs(cfg.KubeAPIServerArgs),
-	})
+	}
+	if cfg.SecretsEncryption {
+		apiCfg.EncryptionConfig = l.EncryptionConfig()
+	}
+	api := controlplane.NewAPIServer(apiCfg)
 	kcm := controlplane.NewControllerManager(controlplane.ControllerManagerConfig{
 		TLSDir: tlsDir, Kubeconfig: l.Kubeconfig("controller"),
 		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ExtraArgs: flagArgs(cfg.KubeControllerManagerArgs),
@@ -177,7 +178,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		components = append(components, metrics.New(metrics.Config{Hosts: hosts, Port: metrics.DefaultPort, Pprof: cfg.EnablePprof,
 			Collectors: func() []prometheus.Collector {
-				cs := sup.Collectors()
+				cs := append(sup.Collectors(), metrics.Certificates(l.TLS(), l.AgentTLS()))
 				if d, ok := embedded(ds).(interface{ Collector() prometheus.Collector }); ok {
 					cs = append(cs, d.Collector())
 				}

@@ -19,6 +19,7 @@ import (
 func TestDqliteHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 4)
 	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
+	c.encrypt()
 	fig := figures{}
 	defer fig.Write(t, "e2e-dqlite-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
@@ -29,6 +30,7 @@ func TestDqliteHACluster(t *testing.T) {
 	checkExposedMetrics(t, c)
 	checkStatus(t, c, s3, "dqlite", nil)
 	checkSnapshots(t, s3, "dqlite")
+	c.checkEncryption("dqlite")
 
 	createConfigMaps(t, s1, "bulk", 100)
 	for _, s := range []*harness.Server{s2, s3} {

@@ -38,9 +38,42 @@ type figures = harness.Figures
 type cluster struct {
 	*harness.Cluster
 	t *testing.T
+	// encrypted: every server runs with --secrets-encryption.
+	encrypted bool
 }
 
-func (c *cluster) in(t *testing.T) *cluster { return &cluster{Cluster: c.Cluster, t: t} }
+func (c *cluster) in(t *testing.T) *cluster {
+	return &cluster{Cluster: c.Cluster, t: t, encrypted: c.encrypted}
+}
+
+// encrypt makes every server run with --secrets-encryption.
+func (c *cluster) encrypt() {
+	c.encrypted = true
+	for _, s := range c.Servers {
+		s.Args = append(s.Args, "--secrets-encryption")
+	}
+}
+
+// checkEncryption writes the canary Secret through server 1; every server
+// reports it encrypted with the cluster's one key, and an uncompressed
+// snapshot of server 2 holds it only as ciphertext.
+func (c *cluster) checkEncryption(kind string) {
+	t := c.t
+	t.Helper()
+	harness.CreateCanarySecret(t, c.Servers[0])
+	// A linearizable read on server 2 first, so its copy holds the write.
+	harness.CheckSecretsEncrypted(t, c.Servers[1])
+	snap := saveSnapshot(t, c.Servers[1], "encrypted", nil, false)
+	st := harness.CheckSecretsEncrypted(t, c.Servers[1], strings.TrimPrefix(snap.Location, "file://"))
+	for _, s := range []*harness.Server{c.Servers[0], c.Servers[2]} {
+		if other := harness.CheckSecretsEncrypted(t, s); other.Active != st.Active {
+			t.Fatalf("%s encrypts with %s, %s with %s", s.Name, other.Active, c.Servers[1].Name, st.Active)
+		}
+	}
+	if out, code := c.Servers[0].Hakube("secrets-encrypt", "status"); code == 0 {
+		t.Logf("hakube secrets-encrypt status on %s (%s):\n%s", c.Servers[0].Name, kind, out)
+	}
+}
 
 func (c *cluster) memberList(s *harness.Server) []datastore.Member { return c.Members(c.t, s) }
 
@@ -85,6 +118,7 @@ func countConfigMaps(t *testing.T, s *harness.Server, prefix string) int {
 func TestHACluster(t *testing.T) {
 	nw := harness.NewNetwork(t, 5)
 	c := &cluster{Cluster: harness.NewEtcdCluster(t, nw, 3, secret), t: t}
+	c.encrypt()
 	fig := figures{}
 	defer fig.Write(t, "e2e-ha-figures.json")
 	s1, s2, s3 := c.Servers[0], c.Servers[1], c.Servers[2]
@@ -94,6 +128,7 @@ func TestHACluster(t *testing.T) {
 	formInParallel(t, c, fig, "", []string{"added as learner", "promoted to voter"})
 	checkStatus(t, c, s2, "etcd", nil)
 	checkSnapshots(t, s2, "etcd")
+	c.checkEncryption("etcd")
 	waited := strings.Contains(s2.CurrentLog()+s3.CurrentLog(), "another server is joining")
 	t.Logf("a parallel joiner waited for the other's promotion: %v", waited)
 

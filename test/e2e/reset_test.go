@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,7 +49,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 			h := c.Net.Hosts[fresh]
 			store = harness.StartS3(t, h.Wrap(), h.IP, 9000)
 		}
-		snap := saveSnapshot(t, s1, "before-loss", store)
+		snap := saveSnapshot(t, s1, "before-loss", store, true)
 		createConfigMaps(t, s2, "after-snapshot", 20)
 		// Someone deletes the wrong thing: gone after the reset, back after the restore.
 		const deleted = 10
@@ -112,7 +114,7 @@ func quorumLoss(kind string, fresh int, viaS3 bool) func(*testing.T, *cluster, f
 		c.CheckSameConfigMaps(t, "default")
 		checkStatus(t, c, s1, kind, nil) // s1 holds the snapshot: the status names it
 
-		restoreOnFreshMachine(t, c.Net.Hosts[fresh], snap, kind, n, fig, store)
+		restoreOnFreshMachine(t, c, c.Net.Hosts[fresh], snap, kind, n, fig, store)
 	}
 }
 
@@ -134,6 +136,10 @@ func checkExposedMetrics(t *testing.T, c *cluster) {
 			t.Errorf("server 1's metrics lack %q", want)
 		}
 	}
+	// The first certificate to expire is a leaf, a year from its issue.
+	if !regexp.MustCompile(`(?m)^hakube_certificate_nearest_expiry_seconds 3\.1[0-9]*e\+07$`).Match(body) {
+		t.Errorf("server 1's metrics lack the nearest certificate expiry (about 3.15e+07 s)")
+	}
 	if _, err := hc.Get("http://" + c.Net.Hosts[1].IP + ":2381/metrics"); err == nil {
 		t.Error("server 2's metrics are reachable on its node IP without --etcd-expose-metrics")
 	}
@@ -142,13 +148,17 @@ func checkExposedMetrics(t *testing.T, c *cluster) {
 // saveSnapshot saves a compressed snapshot on s, and uploads it to store if
 // given; it returns the local snapshot, after checking that ls lists the
 // copy in the store with the same hash.
-func saveSnapshot(t *testing.T, s *harness.Server, name string, store *harness.S3) snapshot.Meta {
+func saveSnapshot(t *testing.T, s *harness.Server, name string, store *harness.S3, compress bool) snapshot.Meta {
 	t.Helper()
 	var s3 []string
 	if store != nil {
 		s3 = store.Flags()
 	}
-	if out, code := s.Hakube(append([]string{"etcd-snapshot", "save", "--name", name, "--compress"}, s3...)...); code != 0 {
+	args := []string{"etcd-snapshot", "save", "--name", name}
+	if compress {
+		args = append(args, "--compress")
+	}
+	if out, code := s.Hakube(append(args, s3...)...); code != 0 {
 		t.Fatalf("etcd-snapshot save on %s: exit %d\n%s", s.Name, code, out)
 	}
 	out, code := s.Hakube(append([]string{"etcd-snapshot", "ls", "-o", "json"}, s3...)...)
@@ -177,7 +187,7 @@ func saveSnapshot(t *testing.T, s *harness.Server, name string, store *harness.S
 // hakube, given only the snapshot (a copied file, or its name in store) and
 // the token: a damaged copy and a wrong token are refused first, leaving
 // nothing behind.
-func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, kind string, n int, fig figures, store *harness.S3) {
+func restoreOnFreshMachine(t *testing.T, c *cluster, h *harness.Host, snap snapshot.Meta, kind string, n int, fig figures, store *harness.S3) {
 	t.Helper()
 	file := strings.TrimPrefix(snap.Location, "file://")
 	data, err := os.ReadFile(file)
@@ -186,6 +196,9 @@ func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, ki
 	}
 	fresh := h.Server(t, "fresh")
 	fresh.Env = []string{"HAKUBE_TOKEN=" + secret}
+	if c.encrypted {
+		fresh.Args = append(fresh.Args, "--secrets-encryption")
+	}
 
 	// A copy with its metadata, one byte changed: the hash check refuses it.
 	damaged := snapshot.Dir(t.TempDir())
@@ -229,6 +242,14 @@ func restoreOnFreshMachine(t *testing.T, h *harness.Host, snap snapshot.Meta, ki
 		if got := countConfigMaps(t, fresh, prefix); got != want {
 			t.Fatalf("the restored server lists %d %s configmaps, want %d", got, prefix, want)
 		}
+	}
+	if c.encrypted {
+		// The keys came back with the bootstrap data: the Secret reads.
+		out, err := fresh.Kubectl("get", "secret", "enc-canary", "-o", "jsonpath={.data.value}")
+		if want := base64.StdEncoding.EncodeToString([]byte(harness.CanaryValue)); err != nil || strings.TrimSpace(out) != want {
+			t.Fatalf("the restored server reads the canary Secret as %q (%v), want %q", out, err, want)
+		}
+		harness.CheckSecretsEncrypted(t, fresh)
 	}
 	// Resource versions go on past any the old cluster handed out.
 	out, err := fresh.Kubectl("create", "configmap", "after-restore", "-o", "jsonpath={.metadata.resourceVersion}")

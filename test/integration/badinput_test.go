@@ -77,6 +77,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown etcd arg", []string{"--etcd-arg", "no-such-setting=1"}, "unknown field"},
 		{"bad service cidr", []string{"--service-cidr", "10.43.0.0/99"}, "--service-cidr"},
 		{"dns outside service cidr", []string{"--cluster-dns", "192.168.1.10"}, "outside --service-cidr"},
+		{"encryption config passed through", []string{"--secrets-encryption", "--kube-apiserver-arg=encryption-provider-config=/tmp/e.yaml"}, "use --secrets-encryption"},
 		{"overlapping cidrs", []string{"--cluster-cidr", "10.43.0.0/16"}, "overlap"},
 		{"bad kubeconfig mode", []string{"--write-kubeconfig-mode", "rw"}, "octal"},
 		{"bad node ip", []string{"--node-ip", "not-an-ip"}, "--node-ip"},

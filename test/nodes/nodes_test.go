@@ -6,12 +6,15 @@ package nodes
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/test/harness"
 )
 
@@ -40,7 +44,7 @@ func TestServerAndAgent(t *testing.T) {
 		// agentImage is how the agent's image tarball is compressed.
 		agentImage string
 	}{
-		{"sqlite-vxlan", nil, "vxlan", ".tar.gz"},
+		{"sqlite-vxlan", []string{"--secrets-encryption"}, "vxlan", ".tar.gz"},
 		{"dqlite-host-gw", []string{"--cluster-init", "--datastore=dqlite"}, "host-gw", ".tar.zst"},
 	} {
 		t.Run(v.name, func(t *testing.T) { serverAndAgent(t, v.name, v.serverArgs, v.backend, v.agentImage) })
@@ -77,6 +81,15 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	}
 	if log := s.CurrentLog(); !strings.Contains(log, "node: containerd is up") || !strings.Contains(log, "images imported") {
 		t.Fatalf("the server's log lacks the node's progress lines:\n%s", s.LogTail(60))
+	}
+	if slices.Contains(serverArgs, "--secrets-encryption") {
+		// A Secret in the SQLite database (or its WAL) is ciphertext.
+		harness.CreateCanarySecret(t, s)
+		// The WAL first: a checkpoint between the reads moves rows into the
+		// database, not out of both.
+		f := s.Layout().SQLiteFiles()
+		st := harness.CheckSecretsEncrypted(t, s, f[1], f[0])
+		t.Logf("secrets encryption: %d Secrets under %s", st.Secrets, st.Active)
 	}
 
 	// A Deployment from the image in agent/images runs on the server's node.
@@ -177,6 +190,11 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 		t.Fatalf("hakube crictl ps: exit %d:\n%s", code, out)
 	}
 
+	// hakube certificate check lists the server's and the agent's certificates.
+	checkCertificates(t, s.Hakube, "serving-kube-apiserver", "server-ca", "etcd/peer-ca", "client-kubelet")
+	checkCertificates(t, func(args ...string) (string, int) { return a.Hakube(append(args, "--data-dir", a.DataDir)...) },
+		"client-kubelet", "serving-kubelet", "client-kube-proxy")
+
 	// A wrong token, and a taken node name, are refused with what to do.
 	bad := h3.Agent(t, "agent-bad", s, "")
 	bad.Args = append(bad.Args, "--token", "wrong-secret")
@@ -196,19 +214,36 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	}
 
 	// An imported image with imagePullPolicy: Always comes from the node's
-	// own mirror, before registries.yaml's (no registry is reachable).
-	always := webPod("always", "agent-1", nil)
-	always.Spec.Containers[0].ImagePullPolicy = corev1.PullAlways
-	if _, err := cs.CoreV1().Pods("default").Create(ctx, always, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	// own mirror, before registries.yaml's (no registry is reachable); a
+	// second pull too (the first rewrites the image's record).
+	for _, name := range []string{"always-1", "always-2"} {
+		always := webPod(name, "agent-1", nil)
+		always.Spec.Containers[0].ImagePullPolicy = corev1.PullAlways
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, always, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		runningPod(t, cs, "default", name, time.Minute)
+		if asked := registry.asked("/v2/hakube/agnhost/"); len(asked) > 0 {
+			t.Fatalf("registries.yaml's mirror was asked for an imported image: %v", asked)
+		}
+		if err := cs.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	runningPod(t, cs, "default", "always", time.Minute)
-	if asked := registry.asked("/v2/hakube/agnhost/"); len(asked) > 0 {
-		t.Fatalf("registries.yaml's mirror was asked for an imported image: %v", asked)
-	}
-	if err := cs.CoreV1().Pods("default").Delete(ctx, "always", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// Such a pull rewrites the image's record without its pin; the node
+	// pins it again, so image garbage collection cannot delete it.
+	waitFor(t, time.Minute, "the imported image pinned after the pulls", func() error {
+		out, code := a.Hakube("ctr", "--data-dir", a.DataDir, "images", "ls")
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, testImage+" ") {
+				if strings.Contains(line, "io.cri-containerd.pinned=pinned") {
+					return nil
+				}
+				return fmt.Errorf("not pinned: %s", line)
+			}
+		}
+		return fmt.Errorf("exit %d, no %s:\n%s", code, testImage, out)
+	})
 
 	// A restarted node keeps its pods: the same containers, no restarts.
 	before := containerIDs(t, cs, "web-2")
@@ -280,6 +315,40 @@ func (r *registry) asked(prefix string) []string {
 		}
 	}
 	return out
+}
+
+// checkCertificates runs hakube certificate check: the certificates named
+// are there, every one is far from its expiry (exit 0), and a window longer
+// than a leaf's year fails the check (exit 1), naming the leaves.
+func checkCertificates(t *testing.T, hakube func(...string) (string, int), want ...string) {
+	t.Helper()
+	out, code := hakube("certificate", "check", "-o", "json")
+	var certs []pki.CertStatus
+	if i, j := strings.Index(out, "["), strings.LastIndex(out, "]"); code != 0 || i < 0 || j < i || json.Unmarshal([]byte(out[i:j+1]), &certs) != nil {
+		t.Fatalf("certificate check -o json: exit %d\n%s", code, out)
+	}
+	byName := map[string]pki.CertStatus{}
+	for _, c := range certs {
+		byName[c.Name] = c
+		if c.State != pki.StateOK || c.SecondsLeft < 360*24*3600 {
+			t.Errorf("certificate %s: %s, %d s left", c.Name, c.State, c.SecondsLeft)
+		}
+	}
+	for _, n := range want {
+		if _, ok := byName[n]; !ok {
+			t.Errorf("certificate check lacks %s:\n%s", n, out)
+		}
+	}
+	if table, code := hakube("certificate", "check"); code != 0 {
+		t.Fatalf("certificate check: exit %d\n%s", code, table)
+	} else {
+		t.Logf("hakube certificate check:\n%s", table)
+	}
+	out, code = hakube("certificate", "check", "--window", "9000h")
+	if code != 1 || !strings.Contains(out, "expire within 375d") || !strings.Contains(out, want[0]) ||
+		!regexp.MustCompile(`FILE +SUBJECT +CA +EXPIRES +LEFT +STATE`).MatchString(out) {
+		t.Fatalf("certificate check --window 9000h: exit %d\n%s", code, out)
+	}
 }
 
 // refused runs an agent that must not join: it exits non-zero and says why.

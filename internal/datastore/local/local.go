@@ -1,6 +1,6 @@
 // Package local reaches the embedded datastore member of the server whose data
 // directory it is given (etcd or Dqlite), as the CLI and the snapshot
-// scheduler do.
+// scheduler do, and the etcd API of any datastore the server serves locally.
 package local
 
 import (
@@ -60,4 +60,21 @@ func (l Datastore) Members(ctx context.Context) (datastore.Kind, []datastore.Mem
 	defer close()
 	ms, err := m.Members(ctx)
 	return kind, ms, err
+}
+
+// KV reaches the etcd API this server's apiserver uses, on any datastore
+// served locally: the etcd member with the client certificate, Dqlite's or
+// kine's private socket (SQLite, postgres, mysql). An external etcd has none.
+func (l Datastore) KV() (*clientv3.Client, error) {
+	switch {
+	case etcd.HasData(l.Etcd()):
+		return l.Connect()
+	case dqlite.HasState(l.Dqlite()):
+		return datastore.Client(datastore.Endpoint{URLs: []string{"unix://" + l.DqliteSocket()}})
+	}
+	if _, err := os.Stat(l.KineSocket()); err != nil {
+		return nil, fmt.Errorf("no local datastore in %s (no etcd or Dqlite data, no %s): is the server running, and is --data-dir right? "+
+			"On an external etcd, read it with etcdctl", l.DataDir(), l.KineSocket())
+	}
+	return datastore.Client(datastore.Endpoint{URLs: []string{"unix://" + l.KineSocket()}})
 }

@@ -1,0 +1,83 @@
+package pki
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// RenewWindow is how long before its expiry a certificate counts as due for
+// renewal: 120 days, a third of a leaf's year, so a monthly check sees it
+// several times before it matters.
+const RenewWindow = 120 * 24 * time.Hour
+
+// Certificate states, from the check's point of view.
+const (
+	StateOK      = "ok"
+	StateDue     = "due"
+	StateExpired = "expired"
+)
+
+// CertStatus is one certificate file and how close it is to its expiry.
+type CertStatus struct {
+	// File is the certificate's path; Name is its path under the TLS
+	// directory it was found in, without .crt (etcd/server-ca, ...).
+	File     string    `json:"file"`
+	Name     string    `json:"name"`
+	Subject  string    `json:"subject"`
+	Issuer   string    `json:"issuer"`
+	CA       bool      `json:"ca"`
+	NotAfter time.Time `json:"notAfter"`
+	// SecondsLeft is negative once it has expired.
+	SecondsLeft int64  `json:"secondsLeft"`
+	State       string `json:"state"`
+}
+
+// Check reads every .crt file under dirs (a missing dir has none) and says
+// of each whether it expires within window of now.
+func Check(now time.Time, window time.Duration, dirs ...Dir) ([]CertStatus, error) {
+	var out []CertStatus
+	for _, d := range dirs {
+		root := string(d)
+		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				if p == root && os.IsNotExist(err) {
+					return fs.SkipDir
+				}
+				return err
+			}
+			if e.IsDir() || !strings.HasSuffix(p, ".crt") {
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			c, err := ParseCert(b)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			rel, _ := filepath.Rel(root, p)
+			left := c.NotAfter.Sub(now)
+			s := CertStatus{File: p, Name: strings.TrimSuffix(rel, ".crt"), Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName,
+				CA: c.IsCA, NotAfter: c.NotAfter.UTC(), SecondsLeft: int64(left / time.Second), State: StateOK}
+			switch {
+			case left <= 0:
+				s.State = StateExpired
+			case left <= window:
+				s.State = StateDue
+			}
+			out = append(out, s)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].NotAfter.Before(out[j].NotAfter) })
+	return out, nil
+}

@@ -1,0 +1,87 @@
+package secretsencrypt
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/datastore/kine"
+)
+
+// TestInspect: on a real datastore (kine on SQLite), Secrets are counted by
+// the key that wrote them, across pages; one in clear, or under an older
+// key, means not all are under the active key; this server's file is
+// current only when it is the cluster's configuration.
+func TestInspect(t *testing.T) {
+	dir := t.TempDir()
+	k := kine.New(kine.Config{Socket: filepath.Join(dir, "kine.sock"), DBPath: filepath.Join(dir, "state.db")})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	if err := k.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := datastore.Client(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+
+	s, err := New(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	active := s.Active
+	cfg, err := s.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 600 Secrets under the active key: more than one page.
+	for i := range 600 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("%sns/s-%03d", SecretsPrefix, i), "k8s:enc:secretbox:v1:"+active+":ciphertext"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Not a Secret: not counted.
+	if _, err := cli.Put(ctx, "/registry/configmaps/ns/c", "k8s\x00 in clear"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Inspect(ctx, cli, s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Enabled || st.Active != active || st.Secrets != 600 || st.ByKey[active] != 600 || !st.AllActive || !st.ConfigCurrent {
+		t.Fatalf("all under the active key: %+v", st)
+	}
+
+	for key, value := range map[string]string{"ns/clear": "k8s\x00 in clear", "ns/old": "k8s:enc:secretbox:v1:older:ciphertext",
+		"ns/other": "k8s:enc:aescbc:v1:key1:ciphertext"} {
+		if _, err := cli.Put(ctx, SecretsPrefix+key, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err = Inspect(ctx, cli, s, []byte("another configuration"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Secrets != 603 || st.ByKey[Clear] != 1 || st.ByKey["older"] != 1 || len(st.Unreadable) != 1 || st.AllActive || st.ConfigCurrent {
+		t.Fatalf("one in clear, one under an older key, one of another provider, a stale file: %+v", st)
+	}
+	// A cluster without encryption: all in clear is what it should be.
+	st, err = Inspect(ctx, cli, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Enabled || st.AllActive || !st.ConfigCurrent {
+		t.Fatalf("no encryption: %+v", st)
+	}
+}
