@@ -302,9 +302,13 @@ func (e *Etcd) addLearner(ctx context.Context) (string, error) {
 		}
 		// The first two mean another join is in progress: one learner at a
 		// time, and no member added while an added one has not started yet.
-		// A timeout (the cluster busy with that other join's changes) may
-		// have added us anyway: the next round removes that member first.
-		timedOut := strings.Contains(err.Error(), "deadline exceeded") && ctx.Err() == nil
+		// A timeout (the cluster busy with that other join's changes), ours
+		// or etcd's own ("etcdserver: request timed out, possibly due to
+		// connection lost", seen when two servers rejoin a reset cluster at
+		// once), may have added us anyway: the next round removes that
+		// member first.
+		timedOut := (strings.Contains(err.Error(), "deadline exceeded") || strings.Contains(err.Error(), "etcdserver: request timed out")) &&
+			ctx.Err() == nil
 		if !strings.Contains(err.Error(), "too many learner members") && !strings.Contains(err.Error(), "unhealthy cluster") && !timedOut {
 			return "", fmt.Errorf("adding this server to the etcd cluster: %w", err)
 		}
