@@ -27,8 +27,8 @@ func newCertificateCommand() *cobra.Command {
 		Short: "Every certificate of this server or agent with its expiry; exits 1 when one expires within the window or has expired",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("--output %q: give table or json", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			if window < 0 {
 				return fmt.Errorf("--window %s: give a duration of 0 or more, like 2880h (120 days)", window)

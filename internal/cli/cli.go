@@ -35,6 +35,14 @@ func Execute(args []string) int {
 	return 0
 }
 
+// checkOutput refuses an --output other than table or json.
+func checkOutput(output string) error {
+	if output != "table" && output != "json" {
+		return fmt.Errorf("--output %q: give table or json", output)
+	}
+	return nil
+}
+
 // writeJSON prints v as indented JSON, as every -o json does.
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

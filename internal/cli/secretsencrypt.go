@@ -26,8 +26,8 @@ func newSecretsEncryptCommand() *cobra.Command {
 		Short: "Whether Secrets are encrypted, with which key, and whether every stored Secret is under it; exits 1 when one is not",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("--output %q: give table or json", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			l := layout.New(*dataDir)
 			b, err := os.ReadFile(l.Token())
