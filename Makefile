@@ -185,8 +185,8 @@ $(VERSITYGW):
 # Integration and multi-host tests use the binary built once by 'build'.
 # The robustness short matrix runs on etcd with the rest, then once more on Dqlite.
 e2e: build $(TEST_IMAGES) $(VERSITYGW)
-	HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_VERSITYGW=$(CURDIR)/$(VERSITYGW) go test -p 1 -count=1 -timeout 40m -v ./test/...
-	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_DATASTORE=dqlite go test -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
+	HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_VERSITYGW=$(CURDIR)/$(VERSITYGW) ./scripts/gotest.sh -p 1 -count=1 -timeout 40m -v ./test/...
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_DATASTORE=dqlite ./scripts/gotest.sh -count=1 -timeout 20m -v -run TestRobustness ./test/robustness/
 
 # What a node (make run) and the tests (make test) need on a fresh machine: Debian packages, Go modules.
 node-deps:

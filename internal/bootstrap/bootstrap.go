@@ -39,8 +39,6 @@ type Critical struct {
 	ClusterDNS    string `json:"clusterDNS"`
 	ClusterDomain string `json:"clusterDomain"`
 	Datastore     string `json:"datastore"`
-	// SecretsEncryption: the cluster was created with --secrets-encryption.
-	SecretsEncryption bool `json:"secretsEncryption,omitempty"`
 }
 
 // Mismatches lists every flag whose value differs from the cluster's, as
@@ -57,18 +55,7 @@ func (c Critical) Mismatches(cluster Critical) []string {
 	check("--cluster-dns", c.ClusterDNS, cluster.ClusterDNS)
 	check("--cluster-domain", c.ClusterDomain, cluster.ClusterDomain)
 	check("datastore kind", c.Datastore, cluster.Datastore)
-	if c.SecretsEncryption != cluster.SecretsEncryption {
-		out = append(out, fmt.Sprintf("--secrets-encryption is %s here but %s in the cluster (the cluster chose it when it was created)",
-			onOff(c.SecretsEncryption), onOff(cluster.SecretsEncryption)))
-	}
 	return out
-}
-
-func onOff(b bool) string {
-	if b {
-		return "on"
-	}
-	return "off"
 }
 
 // MismatchError reports critical settings that differ from the cluster's.
@@ -84,7 +71,8 @@ type Data struct {
 	Version  int               `json:"version"`
 	Files    map[string][]byte `json:"files"`
 	Critical Critical          `json:"critical"`
-	// Encryption is the keys of Secrets at rest, when Critical.SecretsEncryption.
+	// Encryption is the keys of Secrets at rest; nil when the cluster never
+	// had any (created without --secrets-encryption, never enabled).
 	Encryption *secretsencrypt.State `json:"encryption,omitempty"`
 }
 

@@ -57,11 +57,6 @@ func TestMismatchesListsEveryFlag(t *testing.T) {
 	if !strings.Contains(MismatchError(m).Error(), "corp.local") {
 		t.Fatal(MismatchError(m).Error())
 	}
-	theirs = mine
-	theirs.SecretsEncryption = true
-	if m := mine.Mismatches(theirs); len(m) != 1 || !strings.Contains(m[0], "--secrets-encryption is off here but on in the cluster") {
-		t.Fatalf("secrets encryption: %v", m)
-	}
 }
 
 // TestVersionWithKeys: data holding Secrets keys is version 2, so a hakube

@@ -66,3 +66,44 @@ func Store(ctx context.Context, kv clientv3.KV, secret string, d Data) error {
 	}
 	return nil
 }
+
+// Update applies change to the bootstrap data under secret's key and stores
+// it if no other writer stored it in between (else it reads again and
+// retries): two servers changing it at once both have their change kept.
+func Update(ctx context.Context, kv clientv3.KV, secret string, change func(*Data) error) (Data, error) {
+	key := Key(secret)
+	for {
+		resp, err := kv.Get(ctx, key)
+		if err != nil {
+			return Data{}, fmt.Errorf("reading bootstrap data: %w", err)
+		}
+		if len(resp.Kvs) == 0 {
+			return Data{}, errors.New("the datastore holds no bootstrap data under this token")
+		}
+		d, err := Decrypt(secret, resp.Kvs[0].Value)
+		if errors.Is(err, ErrWrongToken) {
+			return Data{}, ErrOtherToken
+		} else if err != nil {
+			return Data{}, err
+		}
+		if err := change(&d); err != nil {
+			return Data{}, err
+		}
+		blob, err := Encrypt(secret, d)
+		if err != nil {
+			return Data{}, err
+		}
+		// The update form kine supports: compare the revision, put, else get.
+		txn, err := kv.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(key, string(blob))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			return Data{}, fmt.Errorf("storing bootstrap data: %w", err)
+		}
+		if txn.Succeeded {
+			return d, nil
+		}
+	}
+}

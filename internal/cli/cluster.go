@@ -22,6 +22,9 @@ func newClusterCommand() *cobra.Command {
 		Short: "Members (role, health, raft index and lag, database size and fragmentation) and how many servers the cluster can lose; exits 1 when unhealthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			kind, ms, err := local.Datastore{Layout: layout.New(*dataDir)}.Members(cmd.Context())
 			if err != nil {
 				return err

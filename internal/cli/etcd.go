@@ -13,6 +13,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/datastore/local"
 	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/secretsencrypt"
 	"github.com/hakube/hakube/internal/server"
 )
 
@@ -47,6 +48,9 @@ func newEtcdCommand() *cobra.Command {
 		Short:   "List members: name, ID, peer URL, voter or learner, leader, health",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			members, err := members(cmd)
 			if err != nil {
 				return err
@@ -81,6 +85,13 @@ func newEtcdCommand() *cobra.Command {
 			removed, err := m.RemoveMember(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			// A removed server no longer holds up a key change.
+			if kv, err := localMember().KV(); err == nil {
+				if err := secretsencrypt.DeleteReport(cmd.Context(), kv, removed.Name); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: removing %s's secrets-encryption report: %v\n", removed.Name, err)
+				}
+				kv.Close()
 			}
 			name := removed.Name
 			if removed.ID != "" {

@@ -83,8 +83,8 @@ order; without one a random token is generated and stored in
 	f.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "serve Go's profiles at http://127.0.0.1:2381/debug/pprof/ (embedded etcd or Dqlite)")
 	f.BoolVar(&cfg.ExposeMetrics, "etcd-expose-metrics", false, "serve the datastore's and supervisor's Prometheus metrics on <node-ip>:2381 too (always on 127.0.0.1:2381 with embedded etcd or Dqlite)")
 	addS3Flags(f, &cfg.S3)
-	f.BoolVar(&cfg.SecretsEncryption, "secrets-encryption", false, "encrypt Secrets at rest (secretbox) with keys the cluster's servers share; "+
-		"chosen when the cluster is created, and the same on every server")
+	f.BoolVar(&cfg.SecretsEncryption, "secrets-encryption", false, "create the cluster with Secrets encrypted at rest (secretbox, keys the servers share); "+
+		"on a running cluster use 'hakube secrets-encrypt enable|disable|rotate-keys'")
 	f.BoolVar(&cfg.DisableAgent, "disable-agent", false, "run the control plane alone: this server is not a node (no kubelet, containerd or pod network)")
 	addNodeFlags(f, &cfg.Node)
 	f.BoolVar(&cfg.DisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")

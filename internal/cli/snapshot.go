@@ -68,6 +68,9 @@ func newSnapshotCommand() *cobra.Command {
 		Short:   "List snapshots: name, location, size, created, node",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			all, err := snapDir().List()
 			if err != nil {
 				return err

@@ -13,6 +13,7 @@ import (
 
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	genericapiserver "k8s.io/apiserver/pkg/server"
+	encryptioncontroller "k8s.io/apiserver/pkg/server/options/encryptionconfig/controller"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	utilversion "k8s.io/component-base/version"
@@ -38,8 +39,8 @@ type APIServerConfig struct {
 	NodePortRange       string
 	ClusterDomain       string
 	Datastore           datastore.Datastore
-	// EncryptionConfig is an EncryptionConfiguration for Secrets at rest;
-	// "" stores them in clear.
+	// EncryptionConfig is an EncryptionConfiguration for Secrets at rest,
+	// reloaded when it changes; "" stores them in clear for good.
 	EncryptionConfig string
 	// ExtraArgs are passed through verbatim (--kube-apiserver-arg), last so they win.
 	ExtraArgs []string
@@ -61,7 +62,17 @@ func (a *APIServer) Name() string { return "kube-apiserver" }
 func (a *APIServer) URL() string { return "https://127.0.0.1:" + strconv.Itoa(a.cfg.Port) }
 
 // Init checks that the loopback port is free.
+// EncryptionReload is how often the apiserver rereads its
+// EncryptionConfiguration: a key change waits for every server's apiserver
+// to load each step, three times per rotation, and the apiserver's default
+// of a minute would make that three minutes.
+const EncryptionReload = 5 * time.Second
+
 func (a *APIServer) Init(context.Context) error {
+	// The apiserver offers no option for it, only this variable ("exposed
+	// so that integration tests can crank up the reload speed"). One
+	// apiserver per process, set before it starts.
+	encryptioncontroller.EncryptionConfigFileChangePollDuration = EncryptionReload
 	return netutil.CheckPortFree("127.0.0.1", a.cfg.Port, "the internal apiserver port (--https-listen-port + 1)")
 }
 

@@ -55,3 +55,16 @@ func Exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+// CreateOrChmod gives path mode, creating it empty if it does not exist (an
+// empty file is a new SQLite database).
+func CreateOrChmod(path string, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, mode)
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(path, mode)
+}

@@ -11,6 +11,7 @@ package secretsencrypt
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,9 @@ type State struct {
 	// Active names the key new writes use; "" writes Secrets in clear (the
 	// keys still read what they wrote).
 	Active string `json:"active"`
+	// Change is the command (rotate-keys, enable, disable) that began
+	// changing the keys and has not finished: running it again resumes it.
+	Change string `json:"change,omitempty"`
 }
 
 // Key is one secretbox key.
@@ -48,14 +52,15 @@ type Key struct {
 
 // New is a state with one new key, active.
 func New(now time.Time) (*State, error) {
-	k, err := newKey(now)
+	k, err := NewKey(now)
 	if err != nil {
 		return nil, err
 	}
 	return &State{Keys: []Key{k}, Active: k.Name}, nil
 }
 
-func newKey(now time.Time) (Key, error) {
+// NewKey makes a key named after its creation time.
+func NewKey(now time.Time) (Key, error) {
 	secret := make([]byte, KeySize)
 	if _, err := rand.Read(secret); err != nil {
 		return Key{}, err
@@ -69,6 +74,9 @@ var keyName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // Validate checks what the bootstrap data carries before a server writes it.
 func (s *State) Validate() error {
+	if s == nil {
+		return nil
+	}
 	seen := map[string]bool{}
 	for _, k := range s.Keys {
 		if !keyName.MatchString(k.Name) {
@@ -92,7 +100,9 @@ func (s *State) Validate() error {
 // apiserver reads as YAML): the active key first, so new writes use it; the
 // other keys after it, so what they wrote stays readable; identity last, so
 // Secrets written in clear before encryption was on are read too. With no
-// active key identity comes first.
+// active key identity comes first. A nil state (a cluster that never had
+// keys) is identity alone: the apiserver always has a file to reload, so
+// 'hakube secrets-encrypt enable' needs no restart.
 func (s *State) Config() ([]byte, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
@@ -102,8 +112,12 @@ func (s *State) Config() ([]byte, error) {
 		Secret string `json:"secret"`
 	}
 	var keys []secret
-	for _, k := range s.ordered() {
-		keys = append(keys, secret{k.Name, base64.StdEncoding.EncodeToString(k.Secret)})
+	active := ""
+	if s != nil {
+		active = s.Active
+		for _, k := range s.ordered() {
+			keys = append(keys, secret{k.Name, base64.StdEncoding.EncodeToString(k.Secret)})
+		}
 	}
 	identity := map[string]any{"identity": map[string]any{}}
 	var providers []any
@@ -111,7 +125,7 @@ func (s *State) Config() ([]byte, error) {
 	switch {
 	case len(keys) == 0:
 		providers = []any{identity}
-	case s.Active == "":
+	case active == "":
 		providers = []any{identity, box}
 	default:
 		providers = []any{box, identity}
@@ -122,6 +136,14 @@ func (s *State) Config() ([]byte, error) {
 		"resources":  []any{map[string]any{"resources": []string{"secrets"}, "providers": providers}},
 	}, "", "  ")
 }
+
+// Enabled reports whether new Secrets are written encrypted.
+func (s *State) Enabled() bool { return s != nil && s.Active != "" }
+
+// Hash is how the apiserver names a configuration it loaded (its metric
+// apiserver_encryption_config_controller_last_config_info): the SHA-256 of
+// the file's bytes.
+func Hash(config []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(config)) }
 
 // ordered is the keys with the active one first.
 func (s *State) ordered() []Key {

@@ -85,8 +85,15 @@ func TestConfig(t *testing.T) {
 	if err != nil || string(clear) != "hello" {
 		t.Fatalf("disabled: stored %q, %v", clear, err)
 	}
-	if got, _, err := tr.TransformFromStorage(ctx, stored, dc); err != nil || string(got) != "hello" {
-		t.Fatalf("disabled: reading an encrypted Secret: %q, %v", got, err)
+	if got, stale, err := tr.TransformFromStorage(ctx, stored, dc); err != nil || string(got) != "hello" || !stale {
+		t.Fatalf("disabled: reading an encrypted Secret: %q, stale %v, %v (stale makes a rewrite store it in clear)", got, stale, err)
+	}
+
+	// No keys at all (a cluster that never had any): the apiserver loads
+	// identity alone, and writes in clear.
+	tr = transformer(t, nil)
+	if clear, err := tr.TransformToStorage(ctx, []byte("hello"), dc); err != nil || string(clear) != "hello" {
+		t.Fatalf("no keys: stored %q, %v", clear, err)
 	}
 }
 

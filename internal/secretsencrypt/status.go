@@ -3,6 +3,7 @@ package secretsencrypt
 import (
 	"bytes"
 	"context"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -30,11 +31,49 @@ type Status struct {
 	AllActive bool `json:"allUnderActiveKey"`
 	// Unreadable names Secrets stored by a provider these keys are not for.
 	Unreadable []string `json:"unreadable,omitempty"`
+	// Change is a key change that began and did not finish.
+	Change string `json:"change,omitempty"`
+	// Servers is what each server reported; ServersAgree: every one that
+	// runs has loaded the cluster's keys.
+	Servers      []ServerStatus `json:"servers"`
+	ServersAgree bool           `json:"serversAgree"`
+}
+
+// ServerStatus is one server's part in Status.
+type ServerStatus struct {
+	Name string `json:"name"`
+	// State is "current", "behind" (its apiserver runs with other keys),
+	// "down" or "gone" (see DownAfter, GoneAfter).
+	State    string    `json:"state"`
+	Reported time.Time `json:"reported"`
+}
+
+// AddServers fills in the servers' part from their reports.
+func (st *Status) AddServers(cluster *State, reports []Report, now time.Time) {
+	cfg, err := cluster.Config()
+	want := Hash(cfg)
+	st.ServersAgree = err == nil && len(reports) > 0
+	if cluster != nil {
+		st.Change = cluster.Change
+	}
+	st.Servers = []ServerStatus{}
+	for _, r := range reports {
+		s := ServerStatus{Name: r.Server, Reported: r.Updated, State: "current"}
+		switch age := now.Sub(r.Updated); {
+		case age > GoneAfter:
+			s.State = "gone"
+		case age > DownAfter:
+			s.State = "down"
+		case r.Loaded != want:
+			s.State, st.ServersAgree = "behind", false
+		}
+		st.Servers = append(st.Servers, s)
+	}
 }
 
 // Inspect reads every Secret as stored (kv is the datastore's etcd API)
-// and compares this server's EncryptionConfiguration (local; nil when
-// there is none) with the cluster's keys (nil when the cluster has none).
+// and compares this server's EncryptionConfiguration (local) with the
+// cluster's keys (nil when the cluster never had any).
 func Inspect(ctx context.Context, kv clientv3.KV, cluster *State, local []byte) (Status, error) {
 	st := Status{ByKey: map[string]int{}, Keys: []string{}}
 	if cluster != nil {
@@ -42,14 +81,12 @@ func Inspect(ctx context.Context, kv clientv3.KV, cluster *State, local []byte) 
 		for _, k := range cluster.Keys {
 			st.Keys = append(st.Keys, k.Name)
 		}
-		want, err := cluster.Config()
-		if err != nil {
-			return Status{}, err
-		}
-		st.ConfigCurrent = bytes.Equal(want, local)
-	} else {
-		st.ConfigCurrent = local == nil
 	}
+	want, err := cluster.Config()
+	if err != nil {
+		return Status{}, err
+	}
+	st.ConfigCurrent = bytes.Equal(want, local)
 	// Pages of 500, so a cluster with many large Secrets is not one response.
 	key, end := SecretsPrefix, clientv3.GetPrefixRangeEnd(SecretsPrefix)
 	for {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,12 +77,55 @@ func TestInspect(t *testing.T) {
 	if st.Secrets != 603 || st.ByKey[Clear] != 1 || st.ByKey["older"] != 1 || len(st.Unreadable) != 1 || st.AllActive || st.ConfigCurrent {
 		t.Fatalf("one in clear, one under an older key, one of another provider, a stale file: %+v", st)
 	}
-	// A cluster without encryption: all in clear is what it should be.
-	st, err = Inspect(ctx, cli, nil, nil)
+	// A cluster without keys: its file is identity alone, and Secrets
+	// under keys are not where they should be.
+	identity, err := (*State)(nil).Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err = Inspect(ctx, cli, nil, identity)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Enabled || st.AllActive || !st.ConfigCurrent {
 		t.Fatalf("no encryption: %+v", st)
+	}
+	// Servers: one current, one behind, one down, one gone.
+	now := time.Now()
+	want := Hash(identity)
+	st.AddServers(nil, []Report{
+		{Server: "a", Loaded: want, Updated: now},
+		{Server: "b", Loaded: "sha256:other", Updated: now},
+		{Server: "c", Loaded: "sha256:other", Updated: now.Add(-2 * DownAfter)},
+		{Server: "d", Loaded: "sha256:other", Updated: now.Add(-2 * GoneAfter)},
+	}, now)
+	var states []string
+	for _, s := range st.Servers {
+		states = append(states, s.Name+"="+s.State)
+	}
+	if got := strings.Join(states, ","); got != "a=current,b=behind,c=down,d=gone" || st.ServersAgree {
+		t.Fatalf("servers: %s, agree %v", got, st.ServersAgree)
+	}
+	st.AddServers(nil, []Report{{Server: "a", Loaded: want, Updated: now}, {Server: "c", Updated: now.Add(-2 * DownAfter)}}, now)
+	if !st.ServersAgree {
+		t.Fatalf("the running servers agree, a down one does not count: %+v", st.Servers)
+	}
+
+	// Reports through kine's etcd API: written, listed by name, deleted in
+	// the form kine supports.
+	for _, name := range []string{"s2", "s1"} {
+		if err := WriteReport(ctx, cli, Report{Server: name, Loaded: want, Updated: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := DeleteReport(ctx, cli, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := DeleteReport(ctx, cli, "never-reported"); err != nil {
+		t.Fatal(err)
+	}
+	reports, err := ReadReports(ctx, cli)
+	if err != nil || len(reports) != 1 || reports[0].Server != "s1" || reports[0].Loaded != want {
+		t.Fatalf("reports after deleting s2: %+v (%v)", reports, err)
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,8 @@ type clusterBootstrap struct {
 	critical  bootstrap.Critical
 	// encryptionConfig is where the apiserver's EncryptionConfiguration goes.
 	encryptionConfig string
+	// encryptionOnCreate: a new cluster encrypts Secrets from the start.
+	encryptionOnCreate bool
 	// afterShared runs once the CAs are in place: minting leaves, kubeconfigs.
 	afterShared func() error
 }
@@ -75,7 +78,11 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := writeEncryptionConfig(b.encryptionConfig, data); err != nil {
+	if b.encryptionOnCreate && !data.Encryption.Enabled() {
+		klog.Warningf("--secrets-encryption only applies to a new cluster, and this one stores Secrets in clear: " +
+			"run 'hakube secrets-encrypt enable' on a server to encrypt them")
+	}
+	if _, err := writeEncryptionConfig(b.encryptionConfig, data.Encryption); err != nil {
 		return err
 	}
 	changed, err := b.tlsDir.WriteShared(data.Files)
@@ -109,7 +116,7 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 	critical := b.critical
 	critical.Datastore = string(b.ds.Kind())
 	data := bootstrap.Data{Files: files, Critical: critical}
-	if critical.SecretsEncryption {
+	if b.encryptionOnCreate {
 		if data.Encryption, err = secretsencrypt.New(time.Now()); err != nil {
 			return bootstrap.Data{}, err
 		}
@@ -129,25 +136,20 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 func (b *clusterBootstrap) Stop() error { return nil }
 
 // writeEncryptionConfig writes the apiserver's EncryptionConfiguration from
-// the cluster's keys, or removes a stale one from a cluster without them.
-func writeEncryptionConfig(path string, data bootstrap.Data) error {
-	if !data.Critical.SecretsEncryption {
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
-	}
-	if data.Encryption == nil {
-		return errors.New("the cluster was created with --secrets-encryption, but its bootstrap data holds no keys")
-	}
-	cfg, err := data.Encryption.Config()
+// the cluster's keys (identity alone when it has none) unless the file holds
+// it already; changed says it wrote.
+func writeEncryptionConfig(path string, keys *secretsencrypt.State) (changed bool, err error) {
+	cfg, err := keys.Config()
 	if err != nil {
-		return err
+		return false, err
+	}
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, cfg) {
+		return false, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
+		return false, err
 	}
-	return fsutil.WriteFile(path, cfg, 0o600)
+	return true, fsutil.WriteFile(path, cfg, 0o600)
 }
 
 // resolveToken picks the token: the one given, else the one stored in the data

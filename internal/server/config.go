@@ -60,8 +60,8 @@ type Config struct {
 	ExposeMetrics bool
 	// EnablePprof serves Go's profiles on the loopback metrics listener.
 	EnablePprof bool
-	// SecretsEncryption encrypts Secrets at rest with the cluster's keys
-	// (chosen when the cluster is created; docs/security.md).
+	// SecretsEncryption creates a new cluster with Secrets encrypted at
+	// rest; afterwards the cluster's keys decide (docs/security.md).
 	SecretsEncryption bool
 
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
@@ -123,7 +123,7 @@ func (c Config) layout() layout.Layout { return layout.New(c.DataDir) }
 func (c Config) critical(kind datastore.Kind) bootstrap.Critical {
 	return bootstrap.Critical{
 		ClusterCIDR: c.ClusterCIDR, ServiceCIDR: c.ServiceCIDR, ClusterDNS: c.ClusterDNS, ClusterDomain: c.ClusterDomain,
-		Datastore: string(kind), SecretsEncryption: c.SecretsEncryption,
+		Datastore: string(kind),
 	}
 }
 

@@ -73,7 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tok:              id.Token,
 		tokenPath:        l.Token(),
 		critical:         critical,
-		encryptionConfig: l.EncryptionConfig(),
+		encryptionConfig: l.EncryptionConfig(), encryptionOnCreate: cfg.SecretsEncryption,
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
 				TLSDir: tlsDir, NodeName: id.Name, NodeIP: id.IP, AdvertiseIP: id.AdvertiseIP,
@@ -108,10 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 	apiCfg := controlplane.APIServerConfig{
 		TLSDir: tlsDir, CertDir: l.APIServerCertDir(), Port: apiPort, AdvertisePort: cfg.HTTPSPort, AdvertiseIP: id.AdvertiseIP,
 		ServiceCIDR: cfg.ServiceCIDR, NodePortRange: "30000-32767", ClusterDomain: cfg.ClusterDomain,
-		Datastore: ds, ExtraArgs: flagArgs(cfg.KubeAPIServerArgs),
-	}
-	if cfg.SecretsEncryption {
-		apiCfg.EncryptionConfig = l.EncryptionConfig()
+		Datastore: ds, EncryptionConfig: l.EncryptionConfig(), ExtraArgs: flagArgs(cfg.KubeAPIServerArgs),
 	}
 	api := controlplane.NewAPIServer(apiCfg)
 	kcm := controlplane.NewControllerManager(controlplane.ControllerManagerConfig{
@@ -169,6 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, sup, api, kcm, sched,
+		&encryptionKeys{ds: ds, secret: id.Token.Secret, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
 		step("built-in manifests", func(context.Context) error { return writeBuiltinManifests(l.Manifests(), cfg) }),
 		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
 	if ds.Kind().Clustered() {

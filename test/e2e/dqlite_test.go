@@ -31,6 +31,7 @@ func TestDqliteHACluster(t *testing.T) {
 	checkStatus(t, c, s3, "dqlite", nil)
 	checkSnapshots(t, s3, "dqlite")
 	c.checkEncryption("dqlite")
+	rotateKeys(t, c, fig, "dqlite", 1000, true)
 
 	createConfigMaps(t, s1, "bulk", 100)
 	for _, s := range []*harness.Server{s2, s3} {

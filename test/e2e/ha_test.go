@@ -73,6 +73,16 @@ func (c *cluster) checkEncryption(kind string) {
 	if out, code := c.Servers[0].Hakube("secrets-encrypt", "status"); code == 0 {
 		t.Logf("hakube secrets-encrypt status on %s (%s):\n%s", c.Servers[0].Name, kind, out)
 	}
+	// Fresh certificates, a year from expiry: check passes on every server.
+	for _, s := range c.Servers {
+		out, code := s.Hakube("certificate", "check")
+		if code != 0 {
+			t.Fatalf("certificate check on %s: exit %d\n%s", s.Name, code, out)
+		}
+		if s == c.Servers[1] {
+			t.Logf("hakube certificate check on %s (%s):\n%s", s.Name, kind, out)
+		}
+	}
 }
 
 func (c *cluster) memberList(s *harness.Server) []datastore.Member { return c.Members(c.t, s) }
@@ -129,6 +139,7 @@ func TestHACluster(t *testing.T) {
 	checkStatus(t, c, s2, "etcd", nil)
 	checkSnapshots(t, s2, "etcd")
 	c.checkEncryption("etcd")
+	rotateKeys(t, c, fig, "etcd", 1000, false)
 	waited := strings.Contains(s2.CurrentLog()+s3.CurrentLog(), "another server is joining")
 	t.Logf("a parallel joiner waited for the other's promotion: %v", waited)
 

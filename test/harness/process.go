@@ -46,20 +46,22 @@ type Process struct {
 }
 
 // newProcess prepares a process that logs to logPath; it is not started. At
-// cleanup it is killed, and if the test failed it first gets SIGQUIT (a Go
-// program dumps its goroutines: it may be the failure) and its log's last
-// lines are shown.
+// cleanup it is killed, and if the test failed its log's last lines are shown
+// and then it gets SIGQUIT (a Go program dumps its goroutines into the log: it
+// may be the failure). The lines shown are those before the dump, which would
+// otherwise fill them with register values.
 func newProcess(t testing.TB, name, logPath string) *Process {
 	p := &Process{t: t, Name: name, logPath: logPath}
 	t.Cleanup(func() {
-		if p.Running() && t.Failed() {
-			p.signalAndWait(syscall.SIGQUIT, 10*time.Second)
+		if t.Failed() {
+			t.Logf("--- last lines of %s's log (%s):\n%s", p.Name, p.logPath, p.LogTail(40))
+			if p.Running() {
+				p.signalAndWait(syscall.SIGQUIT, 10*time.Second)
+				t.Logf("%s got SIGQUIT: its goroutines are in %s", p.Name, p.logPath)
+			}
 		}
 		if p.Running() {
 			p.Kill()
-		}
-		if t.Failed() {
-			t.Logf("--- last lines of %s's log (%s):\n%s", p.Name, p.logPath, p.LogTail(40))
 		}
 	})
 	return p

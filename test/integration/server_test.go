@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,12 +29,50 @@ import (
 
 	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/secretsencrypt"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
 	"github.com/hakube/hakube/test/harness"
 )
 
-func TestSingleServerLifecycle(t *testing.T) { testLifecycle(t, nil) }
+// On SQLite, created without --secrets-encryption: enable and disable on the
+// running server.
+func TestSingleServerLifecycle(t *testing.T) { testLifecycle(t, checkEnableDisable) }
+
+// checkEnableDisable: enable encrypts the stored Secrets, disable stores them
+// in clear again; the server reads them throughout, and neither restarts it.
+func checkEnableDisable(t *testing.T, s *harness.Server) {
+	harness.CreateCanarySecret(t, s)
+	starts := strings.Count(s.CurrentLog(), "hakube is ready")
+	read := func(when string) {
+		t.Helper()
+		out, err := s.Kubectl("get", "secret", "enc-canary", "-o", "jsonpath={.data.value}")
+		if want := base64.StdEncoding.EncodeToString([]byte(harness.CanaryValue)); err != nil || strings.TrimSpace(out) != want {
+			t.Fatalf("%s, the canary Secret reads %q (%v)", when, out, err)
+		}
+	}
+	for _, op := range []string{"enable", "disable"} {
+		out, code := s.Hakube("secrets-encrypt", op)
+		if code != 0 {
+			t.Fatalf("secrets-encrypt %s: exit %d\n%s", op, code, out)
+		}
+		t.Logf("hakube secrets-encrypt %s (SQLite):\n%s", op, out)
+		read("after " + op)
+		if op == "enable" {
+			harness.CheckSecretsEncrypted(t, s)
+			continue
+		}
+		out, code = s.Hakube("secrets-encrypt", "status", "-o", "json")
+		var st secretsencrypt.Status
+		if code != 0 || json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &st) != nil || st.Enabled || len(st.Keys) != 0 ||
+			st.Secrets == 0 || st.ByKey[secretsencrypt.Clear] != st.Secrets || !st.ServersAgree {
+			t.Fatalf("status after disable: exit %d\n%s", code, out)
+		}
+	}
+	if strings.Count(s.CurrentLog(), "hakube is ready") != starts || strings.Contains(s.CurrentLog(), "to restart it in place") {
+		t.Fatal("the server restarted during enable or disable")
+	}
+}
 
 // The same on a one-member Dqlite cluster: the apiserver on kine's etcd API
 // over the Raft-replicated SQLite backend; the member commands work on it.
@@ -198,6 +237,7 @@ func testLifecycle(t *testing.T, check func(*testing.T, *harness.Server), args .
 
 	checkAuth(t, s)
 	checkFiles(t, s)
+	t.Logf("%d credential and data files, none open to others", harness.CheckFileModes(t, s.DataDir))
 	if check != nil {
 		check(t, s)
 	}

@@ -194,6 +194,9 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	checkCertificates(t, s.Hakube, "serving-kube-apiserver", "server-ca", "etcd/peer-ca", "client-kubelet")
 	checkCertificates(t, func(args ...string) (string, int) { return a.Hakube(append(args, "--data-dir", a.DataDir)...) },
 		"client-kubelet", "serving-kubelet", "client-kube-proxy")
+	// The keys, kubeconfigs, token and databases of both are 0600 (CIS 1.1, 4.1).
+	t.Logf("file modes: %d files on the server, %d on the agent, none open to others",
+		harness.CheckFileModes(t, s.DataDir), harness.CheckFileModes(t, a.DataDir))
 
 	// A wrong token, and a taken node name, are refused with what to do.
 	bad := h3.Agent(t, "agent-bad", s, "")

@@ -143,8 +143,11 @@ func (n *Node) removeMember(ctx context.Context, id string) error {
 	// The change must commit in the current configuration, and the new one
 	// must still have a quorum.
 	found, voters, healthy, votersAfter, healthyAfter := false, 0, 0, 0, 0
+	var addr string
 	for _, m := range ms {
-		found = found || m.ID == id
+		if m.ID == id {
+			found, addr = true, m.Address
+		}
 		if !m.Voter {
 			continue
 		}
@@ -166,7 +169,20 @@ func (n *Node) removeMember(ctx context.Context, id string) error {
 		return fmt.Errorf("removing %s needs a quorum of healthy voters before and after (%d of %d healthy now, %d of %d after); bring members back first",
 			id, healthy, voters, healthyAfter, votersAfter)
 	}
-	return n.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error()
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error(); err != nil {
+		return err
+	}
+	// The leader stops replicating to a member as soon as it appends the
+	// change, so the member may never see the configuration without it; and
+	// a leader that stops right after (a move of the cluster's data) leaves it
+	// none to ask. Tell it now, while this leader still answers its check.
+	// Best effort: a member that is down finds out when it starts.
+	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := n.call(nctx, addr, "POST", "/removed", nil, nil); err != nil {
+		klog.V(2).Infof("dqlite: telling %s it was removed: %v", id, err)
+	}
+	return nil
 }
 
 // join asks the cluster to add this member as a non-voter, then promotes it

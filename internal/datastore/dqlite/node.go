@@ -578,12 +578,10 @@ func (n *Node) membershipLoop(restarted bool) {
 			return
 		case <-t.C:
 		}
-		f := n.raft.GetConfiguration()
-		if f.Error() != nil {
+		servers, in, ok := n.configuration()
+		if !ok {
 			continue
 		}
-		servers := f.Configuration().Servers
-		in := slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(n.cfg.ID) })
 		if addr, _ := n.raft.LeaderWithID(); addr != "" {
 			leaderless = 0
 		} else {
@@ -603,6 +601,26 @@ func (n *Node) membershipLoop(restarted bool) {
 		if removed {
 			n.removedOnce.Do(func() { close(n.removed) })
 		}
+	}
+}
+
+// configuration is the latest Raft configuration's servers and whether this
+// member is among them; ok is false when Raft cannot say.
+func (n *Node) configuration() (servers []raft.Server, in, ok bool) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil, false, false
+	}
+	servers = f.Configuration().Servers
+	return servers, slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(n.cfg.ID) }), true
+}
+
+// checkRemoved asks the leader now whether this member is still in the
+// cluster, for a leader that says it removed it.
+func (n *Node) checkRemoved() {
+	servers, _, ok := n.configuration()
+	if ok && n.leaderDropped(servers) {
+		n.removedOnce.Do(func() { close(n.removed) })
 	}
 }
 

@@ -80,6 +80,11 @@ func (n *Node) handler() http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	mux.HandleFunc("POST /removed", func(w http.ResponseWriter, r *http.Request) {
+		// Not taken on trust: the member asks the leader itself.
+		n.checkRemoved()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.status())
 	})

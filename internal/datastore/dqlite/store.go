@@ -11,6 +11,8 @@ import (
 	"github.com/k3s-io/kine/pkg/server"
 	// The cgo SQLite driver kine uses too.
 	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/hakube/hakube/internal/fsutil"
 )
 
 // The key/value history, one row per revision as in etcd's MVCC store: a
@@ -57,6 +59,11 @@ const (
 )
 
 func openStore(path string) (*store, error) {
+	// It holds every Secret: 0600, not the umask's 0644 (SQLite gives its
+	// -wal and -shm files the same).
+	if err := fsutil.CreateOrChmod(path, 0o600); err != nil {
+		return nil, err
+	}
 	// Writes run one at a time under the FSM's lock; in WAL mode readers use their
 	// own snapshot, so more connections let reads run beside the writes.
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous=OFF&_busy_timeout=30000")

@@ -19,6 +19,7 @@ import (
 	"github.com/k3s-io/kine/pkg/endpoint"
 
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/fsutil"
 )
 
 // maxSocketPath is the longest unix socket path Linux accepts.
@@ -148,6 +149,11 @@ func (k *Kine) Start(ctx context.Context) error {
 	ep := k.cfg.Endpoint
 	if ep == "" {
 		if err := os.MkdirAll(filepath.Dir(k.cfg.DBPath), 0o700); err != nil {
+			return err
+		}
+		// The database holds every Secret: 0600, not the umask's 0644.
+		// SQLite gives its -wal and -shm files the database's mode.
+		if err := fsutil.CreateOrChmod(k.cfg.DBPath, 0o600); err != nil {
 			return err
 		}
 		ep = "sqlite://" + k.cfg.DBPath + "?" + sqlite.DefaultParams
