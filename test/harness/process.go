@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,6 +63,13 @@ func newProcess(t testing.TB, name, logPath string) *Process {
 		}
 		if p.Running() {
 			p.Kill()
+		}
+		// The log goes with the test's temporary directory: keep a copy.
+		if dir := os.Getenv("HAKUBE_TEST_LOGS"); dir != "" && t.Failed() {
+			keep := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+p.Name+".log")
+			if b, err := os.ReadFile(p.logPath); err == nil && os.MkdirAll(dir, 0o755) == nil && os.WriteFile(keep, b, 0o644) == nil {
+				t.Logf("%s's log is kept in %s", p.Name, keep)
+			}
 		}
 	})
 	return p

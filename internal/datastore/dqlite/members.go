@@ -172,6 +172,13 @@ func (n *Node) removeMember(ctx context.Context, id string) error {
 	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error(); err != nil {
 		return err
 	}
+	if id == n.cfg.ID {
+		// A leader that removed itself knows it for certain: the change
+		// committed. It has no leader left to ask.
+		klog.Infof("dqlite: this member, the leader, removed itself")
+		n.removedOnce.Do(func() { close(n.removed) })
+		return nil
+	}
 	// The leader stops replicating to a member as soon as it appends the
 	// change, so the member may never see the configuration without it; and
 	// a leader that stops right after (a move of the cluster's data) leaves it
