@@ -55,18 +55,6 @@ func Create(ctx context.Context, kv clientv3.KV, secret string, d Data) (created
 	return resp.Succeeded, nil
 }
 
-// Store overwrites the bootstrap data under secret's key.
-func Store(ctx context.Context, kv clientv3.KV, secret string, d Data) error {
-	blob, err := Encrypt(secret, d)
-	if err != nil {
-		return err
-	}
-	if _, err := kv.Put(ctx, Key(secret), string(blob)); err != nil {
-		return fmt.Errorf("storing bootstrap data: %w", err)
-	}
-	return nil
-}
-
 // Update applies change to the bootstrap data under secret's key and stores
 // it if no other writer stored it in between (else it reads again and
 // retries): two servers changing it at once both have their change kept.

@@ -41,6 +41,8 @@ type State struct {
 	// Change is the command (rotate-keys, enable, disable) that began
 	// changing the keys and has not finished: running it again resumes it.
 	Change string `json:"change,omitempty"`
+	// ChangeID tells that change from any other run of the same command.
+	ChangeID string `json:"changeID,omitempty"`
 }
 
 // Key is one secretbox key.

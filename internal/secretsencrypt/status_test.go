@@ -3,13 +3,11 @@ package secretsencrypt
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hakube/hakube/internal/datastore"
-	"github.com/hakube/hakube/internal/datastore/kine"
+	"github.com/hakube/hakube/internal/datastore/kine/kinetest"
 )
 
 // TestInspect: on a real datastore (kine on SQLite), Secrets are counted by
@@ -17,25 +15,9 @@ import (
 // key, means not all are under the active key; this server's file is
 // current only when it is the cluster's configuration.
 func TestInspect(t *testing.T) {
-	dir := t.TempDir()
-	k := kine.New(kine.Config{Socket: filepath.Join(dir, "kine.sock"), DBPath: filepath.Join(dir, "state.db")})
+	cli := kinetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := k.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := k.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer k.Stop()
-	if err := k.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
-	cli, err := datastore.Client(k.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
 
 	s, err := New(time.Now())
 	if err != nil {

@@ -35,6 +35,8 @@ type clusterBootstrap struct {
 	encryptionConfig string
 	// encryptionOnCreate: a new cluster encrypts Secrets from the start.
 	encryptionOnCreate bool
+	// server is this server's name in its secrets-encryption report.
+	server string
 	// afterShared runs once the CAs are in place: minting leaves, kubeconfigs.
 	afterShared func() error
 }
@@ -52,6 +54,12 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 
+	// Reported before the keys are read: a key change running now either
+	// sees this server and waits for its apiserver, or stored its step
+	// before the read below, which then gets it.
+	if err := secretsencrypt.WriteReport(ctx, cli, secretsencrypt.Report{Server: b.server, Updated: time.Now().UTC()}); err != nil {
+		return fmt.Errorf("reporting this server's start: %w", err)
+	}
 	data, found, err := bootstrap.Load(ctx, cli, b.tok.Secret)
 	if err != nil {
 		return err
@@ -73,8 +81,11 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	}
 	if data.Critical.Datastore != kind {
 		klog.Infof("the cluster's datastore is now %s (was %s)", kind, data.Critical.Datastore)
-		data.Critical.Datastore = kind
-		if err := bootstrap.Store(ctx, cli, b.tok.Secret, data); err != nil {
+		// An update of that field alone: the keys may be changing meanwhile.
+		if data, err = bootstrap.Update(ctx, cli, b.tok.Secret, func(d *bootstrap.Data) error {
+			d.Critical.Datastore = kind
+			return nil
+		}); err != nil {
 			return err
 		}
 	}

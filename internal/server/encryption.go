@@ -57,56 +57,70 @@ func (e *encryptionKeys) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	// The loop outlives Start's context: it ends with Stop.
+	// The loop outlives Start's context: it ends with Stop. Its first tick
+	// runs now, so this server's report is current once it says it is ready.
 	lctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
+	tr := &tracker{}
+	e.tick(ctx, cli, tr)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		defer cli.Close()
-		e.loop(lctx, cli)
+		e.loop(lctx, cli, tr)
 	}()
 	return nil
 }
 
-func (e *encryptionKeys) loop(ctx context.Context, kv clientv3.KV) {
-	var rev int64
-	var reported string
-	var reportedAt, wroteAt time.Time
+// tracker is what the loop remembers between ticks.
+type tracker struct {
+	rev                 int64
+	reported            string
+	reportedAt, wroteAt time.Time
+}
+
+func (e *encryptionKeys) loop(ctx context.Context, kv clientv3.KV, tr *tracker) {
 	t := time.NewTicker(encryptionKeysEvery)
 	defer t.Stop()
 	for {
-		if r, wrote, err := e.sync(ctx, kv, rev); err == nil {
-			rev = r
-			if wrote {
-				wroteAt = time.Now()
-			}
-		} else if ctx.Err() == nil {
-			klog.Warningf("secrets encryption: reading the cluster's keys: %v", err)
-		}
-		// Gathering the apiserver's metrics is not free: every tick only
-		// while a new file waits to be loaded, else when a report is due.
-		due := time.Since(reportedAt) >= secretsencrypt.ReportEvery || time.Since(wroteAt) < time.Minute
-		if due {
-			if loaded := loadedConfig(); loaded != "" && (loaded != reported || time.Since(reportedAt) >= secretsencrypt.ReportEvery) {
-				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := secretsencrypt.WriteReport(rctx, kv, secretsencrypt.Report{Server: e.server, Loaded: loaded, Updated: time.Now().UTC()})
-				cancel()
-				if err == nil {
-					if loaded != reported {
-						klog.Infof("secrets encryption: the apiserver runs with configuration %s", loaded)
-					}
-					reported, reportedAt = loaded, time.Now()
-				} else if ctx.Err() == nil {
-					klog.Warningf("secrets encryption: reporting this server's configuration: %v", err)
-				}
-			}
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		e.tick(ctx, kv, tr)
+	}
+}
+
+// tick writes the file if the keys changed, and reports if due.
+func (e *encryptionKeys) tick(ctx context.Context, kv clientv3.KV, tr *tracker) {
+	if r, wrote, err := e.sync(ctx, kv, tr.rev); err == nil {
+		tr.rev = r
+		if wrote {
+			tr.wroteAt = time.Now()
+		}
+	} else if ctx.Err() == nil {
+		klog.Warningf("secrets encryption: reading the cluster's keys: %v", err)
+	}
+	// Gathering the apiserver's metrics is not free: every tick only while a
+	// new file waits to be loaded, else when a report is due.
+	if time.Since(tr.reportedAt) < secretsencrypt.ReportEvery && time.Since(tr.wroteAt) >= time.Minute {
+		return
+	}
+	loaded := loadedConfig()
+	if loaded == "" || (loaded == tr.reported && time.Since(tr.reportedAt) < secretsencrypt.ReportEvery) {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := secretsencrypt.WriteReport(rctx, kv, secretsencrypt.Report{Server: e.server, Loaded: loaded, Updated: time.Now().UTC()})
+	cancel()
+	if err == nil {
+		if loaded != tr.reported {
+			klog.Infof("secrets encryption: the apiserver runs with configuration %s", loaded)
+		}
+		tr.reported, tr.reportedAt = loaded, time.Now()
+	} else if ctx.Err() == nil {
+		klog.Warningf("secrets encryption: reporting this server's configuration: %v", err)
 	}
 }
 

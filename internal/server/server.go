@@ -73,7 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tok:              id.Token,
 		tokenPath:        l.Token(),
 		critical:         critical,
-		encryptionConfig: l.EncryptionConfig(), encryptionOnCreate: cfg.SecretsEncryption,
+		encryptionConfig: l.EncryptionConfig(), encryptionOnCreate: cfg.SecretsEncryption, server: id.Name,
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
 				TLSDir: tlsDir, NodeName: id.Name, NodeIP: id.IP, AdvertiseIP: id.AdvertiseIP,

@@ -16,11 +16,14 @@
 //
 // A key is never dropped before every Secret was rewritten and read back
 // under its successor, and a key is never made active before every server
-// can read what it writes.
+// can read what it writes. A server that starts during a change reports
+// before it reads the keys, so the change waits for it as well.
 package rekey
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -84,146 +87,181 @@ func Run(ctx context.Context, c Config, op Op) error {
 	if err := c.checkServers(lctx); err != nil {
 		return err
 	}
+	ch := &change{Config: c, op: op}
 	if st != nil && st.Change == string(op) {
+		ch.id = st.ChangeID
 		c.say("resuming the %s that began earlier (active key: %s)", op, orNone(st.Active))
 	}
 	switch op {
 	case RotateKeys:
-		return c.rotate(ctx, st)
+		return ch.rotate(ctx, st)
 	case Enable:
-		return c.enable(ctx, st)
+		return ch.enable(ctx, st)
 	case Disable:
-		return c.disable(ctx, st)
+		return ch.disable(ctx, st)
 	}
 	return fmt.Errorf("unknown key change %q", op)
 }
 
-func (c Config) rotate(ctx context.Context, st *secretsencrypt.State) error {
+// change is one run of a key change. id names the change it began or
+// resumes: a run working from a stale view (another run finished the change
+// meanwhile, or began the next one) fails rather than undo that.
+type change struct {
+	Config
+	op Op
+	id string
+}
+
+// begin stores the change's first step.
+func (ch *change) begin(ctx context.Context, apply func(*secretsencrypt.State)) (*secretsencrypt.State, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	id := hex.EncodeToString(b)
+	st, err := ch.store(ctx, func(s *secretsencrypt.State) error {
+		if s.Change != "" {
+			return errors.New("another key change began meanwhile: see 'hakube secrets-encrypt status'")
+		}
+		apply(s)
+		s.Change, s.ChangeID = string(ch.op), id
+		return nil
+	})
+	if err == nil {
+		ch.id = id
+	}
+	return st, err
+}
+
+// step stores a later step of this change.
+func (ch *change) step(ctx context.Context, apply func(*secretsencrypt.State)) (*secretsencrypt.State, error) {
+	return ch.store(ctx, func(s *secretsencrypt.State) error {
+		if s.Change != string(ch.op) || s.ChangeID != ch.id {
+			return errors.New("another run finished this key change, or began another, meanwhile: see 'hakube secrets-encrypt status'")
+		}
+		apply(s)
+		return nil
+	})
+}
+
+// newKey is a key named apart from the keys st holds (names are to the
+// second: two rotations in one second).
+func newKey(st *secretsencrypt.State) (secretsencrypt.Key, error) {
+	for {
+		k, err := secretsencrypt.NewKey(time.Now())
+		if err != nil || st == nil || !slices.ContainsFunc(st.Keys, func(o secretsencrypt.Key) bool { return o.Name == k.Name }) {
+			return k, err
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// addThenActivate is the first steps of rotate-keys and enable: a new key
+// that every server reads before any server writes with it (a server that
+// wrote with a key another cannot read yet would make its Secrets
+// unreadable there), then that key active.
+func (ch *change) addThenActivate(ctx context.Context, st *secretsencrypt.State, steps int) (*secretsencrypt.State, error) {
+	if st == nil || st.Change == "" {
+		k, err := newKey(st)
+		if err != nil {
+			return nil, err
+		}
+		if st, err = ch.begin(ctx, func(s *secretsencrypt.State) { s.Keys = append([]secretsencrypt.Key{k}, s.Keys...) }); err != nil {
+			return nil, err
+		}
+		ch.say("step 1/%d: added the key %s; every server must be able to read what it will write", steps, k.Name)
+	}
+	next := st.Keys[0].Name
+	if err := ch.waitServers(ctx, st); err != nil {
+		return nil, err
+	}
+	if st.Active != next {
+		var err error
+		if st, err = ch.step(ctx, func(s *secretsencrypt.State) { s.Active = next }); err != nil {
+			return nil, err
+		}
+		ch.say("step 2/%d: %s is the active key; waiting for every server to write new Secrets with it", steps, next)
+		if err := ch.waitServers(ctx, st); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// onlyActive drops every key but the active one.
+func onlyActive(s *secretsencrypt.State) {
+	s.Keys = slices.DeleteFunc(s.Keys, func(k secretsencrypt.Key) bool { return k.Name != s.Active })
+}
+
+func (ch *change) rotate(ctx context.Context, st *secretsencrypt.State) error {
 	if !st.Enabled() {
 		return errors.New("secrets are not encrypted: run 'hakube secrets-encrypt enable' first (it makes a key)")
 	}
 	began := time.Now()
-	if st.Change == "" {
-		k, err := secretsencrypt.NewKey(time.Now())
-		for err == nil && slices.ContainsFunc(st.Keys, func(o secretsencrypt.Key) bool { return o.Name == k.Name }) {
-			// Names are to the second: two rotations in one second.
-			time.Sleep(time.Second)
-			k, err = secretsencrypt.NewKey(time.Now())
-		}
-		if err != nil {
-			return err
-		}
-		if st, err = c.store(ctx, func(s *secretsencrypt.State) error {
-			if s.Change != "" {
-				return errors.New("another key change began meanwhile: run this command again once it ends")
-			}
-			s.Keys, s.Change = append([]secretsencrypt.Key{k}, s.Keys...), string(RotateKeys)
-			return nil
-		}); err != nil {
-			return err
-		}
-		c.say("step 1/4: added the key %s; every server must be able to read what it will write", k.Name)
-	}
-	next := st.Keys[0].Name
-	if err := c.waitServers(ctx, st); err != nil {
+	st, err := ch.addThenActivate(ctx, st, 4)
+	if err != nil {
 		return err
 	}
-	if st.Active != next {
-		var err error
-		if st, err = c.store(ctx, func(s *secretsencrypt.State) error { s.Active = next; return nil }); err != nil {
-			return err
-		}
-		c.say("step 2/4: %s is the active key; waiting for every server to write new Secrets with it", next)
-		if err := c.waitServers(ctx, st); err != nil {
-			return err
-		}
-	}
-	if err := c.rewrite(ctx, st, "step 3/4"); err != nil {
+	if err := ch.rewrite(ctx, st, "step 3/4"); err != nil {
 		return err
 	}
-	return c.finish(ctx, "step 4/4", began, func(s *secretsencrypt.State) {
-		s.Keys = slices.DeleteFunc(s.Keys, func(k secretsencrypt.Key) bool { return k.Name != s.Active })
-	})
+	return ch.finish(ctx, "step 4/4", began, onlyActive)
 }
 
-func (c Config) enable(ctx context.Context, st *secretsencrypt.State) error {
-	began := time.Now()
+func (ch *change) enable(ctx context.Context, st *secretsencrypt.State) error {
 	if st.Enabled() && st.Change == "" {
-		c.say("Secrets are encrypted already, with %s", st.Active)
+		ch.say("Secrets are encrypted already, with %s", st.Active)
 		return nil
 	}
-	if st == nil || st.Change == "" {
-		k, err := secretsencrypt.NewKey(time.Now())
-		if err != nil {
-			return err
-		}
-		if st, err = c.store(ctx, func(s *secretsencrypt.State) error {
-			if s.Change != "" {
-				return errors.New("another key change began meanwhile: run this command again once it ends")
-			}
-			// A key of its own: one left from before a disable may have leaked since.
-			s.Keys, s.Active, s.Change = append([]secretsencrypt.Key{k}, s.Keys...), k.Name, string(Enable)
-			return nil
-		}); err != nil {
-			return err
-		}
-		c.say("step 1/3: %s is the active key; waiting for every server to write new Secrets with it", k.Name)
-	}
-	if err := c.waitServers(ctx, st); err != nil {
+	began := time.Now()
+	st, err := ch.addThenActivate(ctx, st, 4)
+	if err != nil {
 		return err
 	}
-	if err := c.rewrite(ctx, st, "step 2/3"); err != nil {
+	if err := ch.rewrite(ctx, st, "step 3/4"); err != nil {
 		return err
 	}
-	return c.finish(ctx, "step 3/3", began, func(s *secretsencrypt.State) {
-		s.Keys = slices.DeleteFunc(s.Keys, func(k secretsencrypt.Key) bool { return k.Name != s.Active })
-	})
+	return ch.finish(ctx, "step 4/4", began, onlyActive)
 }
 
-func (c Config) disable(ctx context.Context, st *secretsencrypt.State) error {
-	began := time.Now()
+func (ch *change) disable(ctx context.Context, st *secretsencrypt.State) error {
 	if !st.Enabled() && (st == nil || st.Change == "") {
-		c.say("Secrets are stored in clear already")
+		ch.say("Secrets are stored in clear already")
 		return nil
 	}
+	began := time.Now()
 	if st.Change == "" {
 		var err error
-		if st, err = c.store(ctx, func(s *secretsencrypt.State) error {
-			if s.Change != "" {
-				return errors.New("another key change began meanwhile: run this command again once it ends")
-			}
-			s.Active, s.Change = "", string(Disable)
-			return nil
-		}); err != nil {
+		// Every server reads clear values already: identity is in every configuration.
+		if st, err = ch.begin(ctx, func(s *secretsencrypt.State) { s.Active = "" }); err != nil {
 			return err
 		}
-		c.say("step 1/3: new Secrets are written in clear; waiting for every server to do so")
+		ch.say("step 1/3: new Secrets are written in clear; waiting for every server to do so")
 	}
-	if err := c.waitServers(ctx, st); err != nil {
+	if err := ch.waitServers(ctx, st); err != nil {
 		return err
 	}
-	if err := c.rewrite(ctx, st, "step 2/3"); err != nil {
+	if err := ch.rewrite(ctx, st, "step 2/3"); err != nil {
 		return err
 	}
-	return c.finish(ctx, "step 3/3", began, func(s *secretsencrypt.State) { s.Keys = nil })
+	return ch.finish(ctx, "step 3/3", began, func(s *secretsencrypt.State) { s.Keys = nil })
 }
 
 // finish drops the keys retire leaves out, ends the change, and waits for
 // every server to load the result.
-func (c Config) finish(ctx context.Context, step string, began time.Time, retire func(*secretsencrypt.State)) error {
-	st, err := c.store(ctx, func(s *secretsencrypt.State) error {
+func (ch *change) finish(ctx context.Context, step string, began time.Time, retire func(*secretsencrypt.State)) error {
+	st, err := ch.step(ctx, func(s *secretsencrypt.State) {
 		retire(s)
-		s.Change = ""
-		return nil
+		s.Change, s.ChangeID = "", ""
 	})
 	if err != nil {
 		return err
 	}
-	c.say("%s: kept only the keys Secrets are under (%s)", step, orNone(strings.Join(keyNames(st), ", ")))
-	if err := c.waitServers(ctx, st); err != nil {
+	ch.say("%s: kept only the keys Secrets are under (%s)", step, orNone(strings.Join(keyNames(st), ", ")))
+	if err := ch.waitServers(ctx, st); err != nil {
 		return err
 	}
-	c.say("done in %s", time.Since(began).Round(100*time.Millisecond))
+	ch.say("done in %s", time.Since(began).Round(100*time.Millisecond))
 	return nil
 }
 
@@ -248,18 +286,24 @@ func (c Config) checkServers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(reports) == 0 {
-		return errors.New("no server has reported its encryption configuration yet: is the cluster running?")
-	}
 	var down []string
+	fresh := 0
 	for _, r := range reports {
 		age := time.Since(r.Updated)
+		if age <= secretsencrypt.DownAfter {
+			fresh++
+		}
 		switch {
 		case age > secretsencrypt.GoneAfter:
 			c.say("not waiting for %s: it last reported %s ago, and has left the cluster", r.Server, age.Round(time.Minute))
 		case age > secretsencrypt.DownAfter:
 			down = append(down, fmt.Sprintf("%s (last seen %s ago)", r.Server, age.Round(time.Second)))
 		}
+	}
+	if fresh == 0 {
+		// Nothing to wait on would verify nothing.
+		return fmt.Errorf("no server has reported its encryption configuration in the last %s: is the cluster running, "+
+			"and do the servers' clocks agree with this one's?", secretsencrypt.DownAfter)
 	}
 	if len(down) > 0 {
 		return fmt.Errorf("a server is down: %s. Every server must load each step of a key change: start it and run this again "+
