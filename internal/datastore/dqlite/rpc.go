@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -63,7 +64,18 @@ func (n *Node) handler() http.Handler {
 		if !ok {
 			return
 		}
-		if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, 30*time.Second).Error(); err != nil {
+		// Only a member is promoted, and only in the configuration it was
+		// found in: a promotion racing a removal would add it back.
+		f := n.raft.GetConfiguration()
+		if err := f.Error(); err != nil {
+			rpcError(w, err)
+			return
+		}
+		if !slices.ContainsFunc(f.Configuration().Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(m.ID) }) {
+			http.Error(w, m.ID+" is not a member of the cluster (it was removed)", http.StatusConflict)
+			return
+		}
+		if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), f.Index(), 30*time.Second).Error(); err != nil {
 			rpcError(w, err)
 			return
 		}
