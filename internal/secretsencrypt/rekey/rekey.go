@@ -197,15 +197,7 @@ func (ch *change) rotate(ctx context.Context, st *secretsencrypt.State) error {
 	if !st.Enabled() {
 		return errors.New("secrets are not encrypted: run 'hakube secrets-encrypt enable' first (it makes a key)")
 	}
-	began := time.Now()
-	st, err := ch.addThenActivate(ctx, st, 4)
-	if err != nil {
-		return err
-	}
-	if err := ch.rewrite(ctx, st, "step 3/4"); err != nil {
-		return err
-	}
-	return ch.finish(ctx, "step 4/4", began, onlyActive)
+	return ch.toNewKey(ctx, st)
 }
 
 func (ch *change) enable(ctx context.Context, st *secretsencrypt.State) error {
@@ -213,6 +205,12 @@ func (ch *change) enable(ctx context.Context, st *secretsencrypt.State) error {
 		ch.say("Secrets are encrypted already, with %s", st.Active)
 		return nil
 	}
+	return ch.toNewKey(ctx, st)
+}
+
+// toNewKey is rotate-keys and enable: a new key read everywhere, then active
+// everywhere, every Secret rewritten under it, then the others dropped.
+func (ch *change) toNewKey(ctx context.Context, st *secretsencrypt.State) error {
 	began := time.Now()
 	st, err := ch.addThenActivate(ctx, st, 4)
 	if err != nil {
