@@ -21,6 +21,7 @@ import (
 	"github.com/hakube/hakube/internal/identity"
 	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/runner"
 	"github.com/hakube/hakube/internal/token"
 )
@@ -68,6 +69,9 @@ func (c Config) Validate() error {
 	if c.LBPort < 1 || c.LBPort > 65535 {
 		add("--lb-server-port %d is not a port", c.LBPort)
 	}
+	if _, err := pki.LeafLifetimes(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Token == "" && c.TokenFile == "" {
 		add("an agent needs the cluster's token: pass --token, --token-file, HAKUBE_TOKEN or K3S_TOKEN (a server keeps it in <data-dir>/server/token)")
 	}
@@ -96,6 +100,8 @@ func Run(ctx context.Context, c Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
+	lt, _ := pki.LeafLifetimes() // validated
+	kubeconfig.FollowRenewals(lt.Window)
 	tok, err := c.token()
 	if err != nil {
 		return err

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -9,6 +12,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hakube/hakube/internal/agent"
+	"github.com/hakube/hakube/internal/agent/credentials"
+	"github.com/hakube/hakube/internal/controlplane"
+	"github.com/hakube/hakube/internal/datastore/dqlite"
+	"github.com/hakube/hakube/internal/datastore/etcd"
+	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/pki"
 )
@@ -76,18 +84,160 @@ func newCertificateCommand() *cobra.Command {
 			if len(due) > 0 {
 				fmt.Fprintf(&b, "%d certificates expire within %s (%s); ", len(due), days(window), strings.Join(due, ", "))
 			}
-			b.WriteString("a server or agent issues its leaf certificates again when it starts: restart it (a CA near its end needs a new cluster CA)")
+			b.WriteString("a running server or agent renews its leaf certificates by itself when a third of their life is left, " +
+				"and 'hakube certificate rotate' renews them now (a CA near its end needs a new cluster CA)")
 			return fmt.Errorf("%s", b.String())
 		},
 	}
 	check.Flags().StringVarP(&output, "output", "o", "table", "table or json")
-	check.Flags().DurationVar(&window, "window", pki.RenewWindow, "how close to its expiry a certificate fails the check")
-	cmd.AddCommand(check)
+	check.Flags().DurationVar(&window, "window", renewWindow(), "how close to its expiry a certificate fails the check")
+	cmd.AddCommand(check, newCertificateRotateCommand(&dataDir))
 	return cmd
 }
 
-// days is d in whole days, or hours when under two days.
+// renewWindow is when a running server or agent renews a leaf (120 days of a
+// year; a third of HAKUBE_CERT_VALIDITY's), the check's default.
+func renewWindow() time.Duration {
+	if lt, err := pki.LeafLifetimes(); err == nil {
+		return lt.Window
+	}
+	return pki.RenewWindow
+}
+
+// nodeServices are the services whose certificates a node holds; a server
+// issues them, so the node asks for all four at once.
+var nodeServices = []string{"kubelet", "kube-proxy", "flannel"}
+
+// serverServices names each service's leaf certificates on a server.
+func serverServices() map[string][]string {
+	return map[string][]string{
+		// The supervisor serves with the apiserver's certificate and
+		// authenticates to it with the auth proxy's.
+		"kube-apiserver":          {controlplane.ServingCert, controlplane.KubeletClient, controlplane.AuthProxyCert},
+		"admin":                   {controlplane.AdminCert},
+		"kube-controller-manager": {controlplane.ControllerCert},
+		"kube-scheduler":          {controlplane.SchedulerCert},
+		"etcd":                    {etcd.ServerCert, etcd.PeerCert, etcd.ClientCert},
+		"dqlite":                  {dqlite.PeerCert},
+	}
+}
+
+func newCertificateRotateCommand(dataDir *string) *cobra.Command {
+	var services []string
+	cmd := &cobra.Command{
+		Use:   "rotate",
+		Short: "Renew this server's or agent's leaf certificates now, while it runs (their keys are kept)",
+		Long: "Renews the leaf certificates of this server (signed by the cluster CAs it holds) and of its node (issued " +
+			"by a server, so the running node asks for them and this command waits for it). Running daemons read the " +
+			"new files at their next connection; nothing restarts. A server or agent also renews a leaf by itself when " +
+			"a third of its life is left (120 days of a year).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l := layout.New(*dataDir)
+			known := serverServices()
+			pick := map[string]bool{}
+			node := len(services) == 0
+			for _, s := range services {
+				switch names, ok := known[s]; {
+				case ok:
+					for _, n := range names {
+						pick[n] = true
+					}
+				case slices.Contains(nodeServices, s):
+					node = true
+				default:
+					var all []string
+					for k := range known {
+						all = append(all, k)
+					}
+					all = append(all, nodeServices...)
+					slices.Sort(all)
+					return fmt.Errorf("--service %q is not a service with certificates; give one of %s", s, strings.Join(all, ", "))
+				}
+			}
+			isServer := fsutil.Exists(l.TLS().Key(pki.ServerCA))
+			isNode := fsutil.Exists(l.AgentTLS().Cert(credentials.KubeletClient))
+			if !isServer && !isNode {
+				return fmt.Errorf("no certificates in %s or %s: is --data-dir the data directory of a server or agent?", l.TLS(), l.AgentTLS())
+			}
+			out := cmd.OutOrStdout()
+			if isServer && (len(services) == 0 || len(pick) > 0) {
+				var filter func(string) bool
+				if len(pick) > 0 {
+					filter = func(name string) bool { return pick[name] }
+				} else {
+					filter = func(string) bool { return true }
+				}
+				renewed, err := l.TLS().RenewLeaves(time.Now(), renewWindow(), filter)
+				if err != nil {
+					return err
+				}
+				if len(renewed) == 0 && len(pick) > 0 {
+					return fmt.Errorf("this server has no certificate of %s (etcd's exist on etcd only, dqlite's on Dqlite only)", strings.Join(services, ", "))
+				}
+				for _, c := range renewed {
+					fmt.Fprintf(out, "renewed %s (%s), valid until %s\n", c.File, c.Subject, c.NotAfter.Format(time.RFC3339))
+				}
+			} else if len(pick) > 0 {
+				return fmt.Errorf("%s holds no server certificates: --service %s is a server's", *dataDir, strings.Join(services, ", "))
+			}
+			if !node {
+				return nil
+			}
+			if !isNode {
+				if len(services) > 0 {
+					return fmt.Errorf("%s holds no node certificates (a server started with --disable-agent is no node)", *dataDir)
+				}
+				return nil
+			}
+			return rotateNode(cmd.Context(), out, l)
+		},
+	}
+	cmd.Flags().StringSliceVar(&services, "service", nil, "renew only these services' certificates (repeat or comma-separate): "+
+		"kube-apiserver, admin, kube-controller-manager, kube-scheduler, etcd, dqlite on a server; kubelet, kube-proxy, flannel on a node "+
+		"(a node renews its four together)")
+	return cmd
+}
+
+// rotateNode asks the running node to renew its certificates and waits for it.
+func rotateNode(ctx context.Context, out io.Writer, l layout.Layout) error {
+	req := l.RenewRequest()
+	if err := fsutil.WriteFile(req, nil, 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "asked the node to renew its certificates; waiting for it")
+	const wait = 15 * time.Second
+	deadline := time.Now().Add(wait)
+	for fsutil.Exists(req) {
+		if time.Now().After(deadline) {
+			fmt.Fprintf(out, "the node did not answer within %s: hakube is not running here, or cannot reach a server (its log says which); "+
+				"it renews the node's certificates when it starts, or once it reaches a server\n", wait)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	certs, err := pki.Check(time.Now(), renewWindow(), l.AgentTLS())
+	if err != nil {
+		return err
+	}
+	for _, c := range certs {
+		if !c.CA {
+			fmt.Fprintf(out, "renewed %s (%s), valid until %s\n", c.File, c.Subject, c.NotAfter.Format(time.RFC3339))
+		}
+	}
+	return nil
+}
+
+// days is d in whole days, hours when under two days, seconds when under
+// two hours (short-lived certificates).
 func days(d time.Duration) string {
+	if d > -2*time.Hour && d < 2*time.Hour {
+		return d.Round(time.Second).String()
+	}
 	if d > -48*time.Hour && d < 48*time.Hour {
 		return d.Round(time.Hour).String()
 	}

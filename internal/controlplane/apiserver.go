@@ -236,7 +236,7 @@ func (a *APIServer) Ready(ctx context.Context) error {
 
 func (a *APIServer) adminHTTPClient() (*http.Client, error) {
 	t := a.cfg.TLSDir
-	cert, err := tls.LoadX509KeyPair(t.Cert(AdminCert), t.Key(AdminCert))
+	cert, err := pki.LoadKeyPair(t.Cert(AdminCert), t.Key(AdminCert))
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +247,7 @@ func (a *APIServer) adminHTTPClient() (*http.Client, error) {
 	return &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			RootCAs: ca, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+			RootCAs: ca, GetClientCertificate: cert.GetClientCertificate, MinVersion: tls.VersionTLS12,
 		}},
 	}, nil
 }

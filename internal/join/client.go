@@ -48,6 +48,16 @@ func NewClient(serverURL string, tok token.Token) (*Client, error) {
 	return &Client{URL: strings.TrimSuffix(serverURL, "/"), Token: tok}, nil
 }
 
+// NewVerifiedClient is a client of the server at serverURL that trusts ca,
+// which a join verified before (a node's server-ca.crt).
+func NewVerifiedClient(serverURL string, tok token.Token, ca []byte) (*Client, error) {
+	c, err := NewClient(serverURL, tok)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.trust(ca)
+}
+
 // VerifyCA fetches the server's CA and checks it against the token: by the
 // token's CA hash, or by the server's proof for a short token. Only after this
 // does the client trust the CA.
@@ -88,9 +98,16 @@ func (c *Client) VerifyCA(ctx context.Context) error {
 				"the token is wrong, or the address is not a server of this cluster", c.URL)
 		}
 	}
+	if err := c.trust(ca); err != nil {
+		return fmt.Errorf("the server at %s sent no usable CA: %w", c.URL, err)
+	}
+	return nil
+}
+
+func (c *Client) trust(ca []byte) error {
 	pool, err := pki.Pool(ca)
 	if err != nil {
-		return fmt.Errorf("the server at %s sent no usable CA: %w", c.URL, err)
+		return err
 	}
 	c.CA = ca
 	c.trusted = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{

@@ -4,10 +4,12 @@ package kubeconfig
 
 import (
 	"os"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/transport"
 
 	"github.com/hakube/hakube/internal/fsutil"
 )
@@ -61,4 +63,16 @@ func Client(path string) (kubernetes.Interface, error) {
 		return nil, err
 	}
 	return kubernetes.NewForConfig(rc)
+}
+
+// FollowRenewals makes every client-go client of this process (the
+// controller-manager, the scheduler, the kubelet, kube-proxy, flannel run
+// in-process) close its connections within a quarter of the renewal window
+// of a client certificate's renewal, at most client-go's 5 minutes. The
+// apiserver and the kubelet authenticate a client certificate at every
+// request, so a connection made with the old one must be gone before it
+// expires; with a year's certificates this keeps client-go's default. Call
+// it before any client is made.
+func FollowRenewals(window time.Duration) {
+	transport.CertCallbackRefreshDuration = min(transport.CertCallbackRefreshDuration, window/4)
 }

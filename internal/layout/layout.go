@@ -93,6 +93,10 @@ func (l Layout) AgentKubeconfig(daemon string) string {
 // NodePassword binds this machine to its node name (made on first join).
 func (l Layout) NodePassword() string { return filepath.Join(l.AgentDir(), "node-password") }
 
+// RenewRequest asks the running node to renew its certificates now
+// ('hakube certificate rotate'); the node removes it once they are.
+func (l Layout) RenewRequest() string { return filepath.Join(l.AgentDir(), "renew-certificates") }
+
 // Servers is the client-side load balancer's last list of servers, so an
 // agent restarted while its --server is down still finds the others.
 func (l Layout) Servers() string { return filepath.Join(l.AgentDir(), "etc", "servers.json") }

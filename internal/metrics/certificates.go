@@ -33,6 +33,7 @@ func (c certCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c certCollector) Collect(ch chan<- prometheus.Metric) {
 	var nearest *pki.CertStatus
 	for _, d := range c {
+		// The state is not exported: the window does not matter.
 		certs, err := pki.Check(time.Now(), pki.RenewWindow, d)
 		if err != nil {
 			klog.Warningf("metrics: certificates in %s: %v", d, err)

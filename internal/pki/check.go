@@ -10,11 +10,6 @@ import (
 	"time"
 )
 
-// RenewWindow is how long before its expiry a certificate counts as due for
-// renewal: 120 days, a third of a leaf's year, so a monthly check sees it
-// several times before it matters.
-const RenewWindow = 120 * 24 * time.Hour
-
 // Certificate states, from the check's point of view.
 const (
 	StateOK      = "ok"

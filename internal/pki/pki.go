@@ -21,12 +21,7 @@ import (
 	"github.com/hakube/hakube/internal/fsutil"
 )
 
-const (
-	caValidity   = 10 * 365 * 24 * time.Hour
-	leafValidity = 365 * 24 * time.Hour
-	// backdate tolerates clock skew between servers.
-	backdate = time.Hour
-)
+const caValidity = 10 * 365 * 24 * time.Hour
 
 // CA is a certificate authority with its signing key.
 type CA struct {
@@ -46,7 +41,7 @@ func NewCA(cn string) (*CA, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
 		Subject:               pkix.Name{CommonName: fmt.Sprintf("%s@%d", cn, now.Unix())},
-		NotBefore:             now.Add(-backdate),
+		NotBefore:             now.Add(-maxBackdate),
 		NotAfter:              now.Add(caValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		BasicConstraintsValid: true,
@@ -145,17 +140,40 @@ func (ca *CA) Sign(l Leaf, pub crypto.PublicKey) ([]byte, error) {
 	if len(eku) == 0 {
 		return nil, errors.New("leaf certificate needs a usage")
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: l.CommonName, Organization: l.Organization},
-		NotBefore:    now.Add(-backdate),
-		NotAfter:     now.Add(leafValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  eku,
-		DNSNames:     l.DNSNames,
-		IPAddresses:  l.IPs,
+	return ca.sign(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: l.CommonName, Organization: l.Organization},
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: eku,
+		DNSNames:    l.DNSNames,
+		IPAddresses: l.IPs,
+	}, pub)
+}
+
+// Renew certifies old's key again, with its subject, names and usages, for
+// a new validity (PEM). Keeping the key means a renewal rewrites one file,
+// atomically: no reader ever sees a certificate that does not match its key.
+func (ca *CA) Renew(old *x509.Certificate) ([]byte, error) {
+	if err := old.CheckSignatureFrom(ca.Cert); err != nil {
+		return nil, fmt.Errorf("%q is not signed by %q: %w", old.Subject.CommonName, ca.Cert.Subject.CommonName, err)
 	}
+	return ca.sign(&x509.Certificate{
+		Subject:     old.Subject,
+		KeyUsage:    old.KeyUsage,
+		ExtKeyUsage: old.ExtKeyUsage,
+		DNSNames:    old.DNSNames,
+		IPAddresses: old.IPAddresses,
+	}, old.PublicKey)
+}
+
+// sign completes tmpl with a serial and the leaf validity, and signs it.
+func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+	lt, err := LeafLifetimes()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-lt.Backdate), now.Add(lt.Validity)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
 		return nil, err

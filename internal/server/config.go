@@ -23,6 +23,7 @@ import (
 	"github.com/hakube/hakube/internal/identity"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/snapshot"
 	"github.com/hakube/hakube/internal/token"
 )
@@ -254,6 +255,9 @@ func (c Config) Validate() error {
 	}
 	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
 		add("--write-kubeconfig %q must be an absolute path", c.WriteKubeconfig)
+	}
+	if _, err := pki.LeafLifetimes(); err != nil {
+		errs = append(errs, err)
 	}
 	if !c.DisableSnapshots {
 		if err := c.snapshotConfig().Validate(); err != nil {

@@ -38,6 +38,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	lt, _ := pki.LeafLifetimes() // validated
+	kubeconfig.FollowRenewals(lt.Window)
 	tok, err := resolveToken(cfg)
 	if err != nil {
 		return err
@@ -149,6 +151,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if !cfg.DisableAgent {
 		dirs = append(dirs, l.AgentDir())
 	}
+	renewer := &certRenewer{tls: tlsDir}
+	if cfg.WriteKubeconfig != "" {
+		// It embeds the admin certificate, so it is written again after a renewal.
+		renewer.adminCert, renewer.kubeconfig = tlsDir.Cert(controlplane.AdminCert), cfg.WriteKubeconfig
+		renewer.writeKubeconfig = func() error {
+			mode, _ := parseMode(cfg.WriteKubeconfigMode)
+			return kubeconfig.Write(cfg.WriteKubeconfig, kubeconfig.Config{
+				Server: "https://127.0.0.1:" + strconv.Itoa(cfg.HTTPSPort), CAFile: tlsDir.Cert(pki.ServerCA),
+				CertFile: tlsDir.Cert(controlplane.AdminCert), KeyFile: tlsDir.Key(controlplane.AdminCert), Embed: true,
+			}, mode)
+		}
+	}
 	components := []component.Component{&datadir.DataDir{Layout: l, Dirs: dirs}}
 	switch joining, isJoining := ds.(*joiningDatastore); {
 	case isJoining:
@@ -165,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if mig != nil {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
-	components = append(components, boot, sup, api, kcm, sched,
+	components = append(components, boot, renewer, sup, api, kcm, sched,
 		&encryptionKeys{ds: ds, secret: id.Token.Secret, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
 		step("built-in manifests", func(context.Context) error { return writeBuiltinManifests(l.Manifests(), cfg) }),
 		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
@@ -206,12 +220,8 @@ func Run(ctx context.Context, cfg Config) error {
 			return ok && s.NoSpace()
 		},
 		OnReady: func() error {
-			if cfg.WriteKubeconfig != "" {
-				mode, _ := parseMode(cfg.WriteKubeconfigMode)
-				if err := kubeconfig.Write(cfg.WriteKubeconfig, kubeconfig.Config{
-					Server: "https://127.0.0.1:" + strconv.Itoa(cfg.HTTPSPort), CAFile: tlsDir.Cert(pki.ServerCA),
-					CertFile: tlsDir.Cert(controlplane.AdminCert), KeyFile: tlsDir.Key(controlplane.AdminCert), Embed: true,
-				}, mode); err != nil {
+			if renewer.writeKubeconfig != nil {
+				if err := renewer.writeKubeconfig(); err != nil {
 					return fmt.Errorf("--write-kubeconfig: %w", err)
 				}
 			}

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,7 +126,8 @@ func (s *Supervisor) Init(context.Context) error {
 
 // Start serves HTTPS.
 func (s *Supervisor) Start(context.Context) error {
-	cert, err := tls.LoadX509KeyPair(s.cfg.CertFile, s.cfg.KeyFile)
+	// Read again when renewed: the server never restarts for a certificate.
+	cert, err := pki.LoadKeyPair(s.cfg.CertFile, s.cfg.KeyFile)
 	if err != nil {
 		return err
 	}
@@ -142,8 +144,8 @@ func (s *Supervisor) Start(context.Context) error {
 		Handler:           s.instrument(s.mux),
 		ReadHeaderTimeout: 30 * time.Second,
 		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			ClientCAs:    clientCAs,
+			GetCertificate: cert.GetCertificate,
+			ClientCAs:      clientCAs,
 			// Certificates are optional: joiners and token-authenticated clients have none.
 			ClientAuth: tls.VerifyClientCertIfGiven,
 			MinVersion: tls.VersionTLS12,
@@ -186,7 +188,7 @@ func (s *Supervisor) apiserverProxy() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	proxyCert, err := tls.LoadX509KeyPair(s.cfg.ProxyCertFile, s.cfg.ProxyKeyFile)
+	proxyCert, err := pki.LoadKeyPair(s.cfg.ProxyCertFile, s.cfg.ProxyKeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -194,15 +196,17 @@ func (s *Supervisor) apiserverProxy() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	transport := &http.Transport{
-		TLSClientConfig: &tls.Config{
-			RootCAs:      rootCAs,
-			Certificates: []tls.Certificate{proxyCert},
-			MinVersion:   tls.VersionTLS12,
-		},
-		ForceAttemptHTTP2:   true,
-		MaxIdleConnsPerHost: 100,
-		IdleConnTimeout:     90 * time.Second,
+	transport := func() *upgradeTransport {
+		return newUpgradeTransport(&http.Transport{
+			TLSClientConfig: &tls.Config{
+				RootCAs:              rootCAs,
+				GetClientCertificate: proxyCert.GetClientCertificate,
+				MinVersion:           tls.VersionTLS12,
+			},
+			ForceAttemptHTTP2:   true,
+			MaxIdleConnsPerHost: 100,
+			IdleConnTimeout:     90 * time.Second,
+		})
 	}
 	return &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -217,7 +221,7 @@ func (s *Supervisor) apiserverProxy() (http.Handler, error) {
 				setIdentity(r.Out.Header, r.In.TLS.VerifiedChains[0][0])
 			}
 		},
-		Transport:     newUpgradeTransport(transport),
+		Transport:     &renewingTransport{cert: proxyCert, build: transport, cur: transport()},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			klog.V(2).Infof("proxy to apiserver: %v", err)
@@ -240,6 +244,36 @@ func newUpgradeTransport(t *http.Transport) *upgradeTransport {
 	h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // non-nil and empty: no h2
 	h1.TLSClientConfig.NextProtos = []string{"http/1.1"}
 	return &upgradeTransport{h2: t, h1: h1}
+}
+
+func (u *upgradeTransport) closeIdle() {
+	for _, t := range []http.RoundTripper{u.h1, u.h2} {
+		t.(*http.Transport).CloseIdleConnections()
+	}
+}
+
+// renewingTransport moves to new connections when the proxy's certificate
+// is renewed: the apiserver authenticates the proxy at every request, so a
+// connection made with the old certificate fails once that expires. Requests
+// in flight (watches) end on the old connections, which then idle out.
+type renewingTransport struct {
+	cert  *pki.KeyPair
+	build func() *upgradeTransport
+
+	mu  sync.Mutex
+	cur *upgradeTransport
+}
+
+func (t *renewingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	t.mu.Lock()
+	if t.cert.Changed() {
+		t.cur.closeIdle()
+		t.cur = t.build()
+		klog.Infof("supervisor: the auth proxy's certificate was renewed; new connections to the apiserver use it")
+	}
+	cur := t.cur
+	t.mu.Unlock()
+	return cur.RoundTrip(r)
 }
 
 func (u *upgradeTransport) RoundTrip(r *http.Request) (*http.Response, error) {

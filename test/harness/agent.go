@@ -65,8 +65,9 @@ func (a *Agent) Layout() layout.Layout { return layout.New(a.DataDir) }
 // TokenFile is the server's token file (with the CA hash), as an agent is given it.
 func (s *Server) TokenFile() string { return s.Layout().Token() }
 
-// Hakube runs a hakube subcommand on the agent's host (its namespaces).
+// Hakube runs a hakube subcommand on the agent's host (its namespaces), in
+// its environment.
 func (a *Agent) Hakube(args ...string) (string, int) {
 	a.t.Helper()
-	return runCommand(a.t, append(append(append([]string{}, a.Wrap...), Binary(a.t)), args...), nil)
+	return runCommand(a.t, append(append(append([]string{}, a.Wrap...), Binary(a.t)), args...), a.Env)
 }

@@ -196,13 +196,14 @@ func Kubectl(wrap []string, kubeconfig, server string, args ...string) (string, 
 	return out.String(), nil
 }
 
-// Hakube runs a hakube subcommand on the server's host with its data dir.
+// Hakube runs a hakube subcommand on the server's host with its data dir
+// and environment.
 func (s *Server) Hakube(args ...string) (string, int) {
 	s.t.Helper()
 	argv := append(append([]string{}, s.Wrap...), Binary(s.t))
 	argv = append(argv, args...)
 	argv = append(argv, "--data-dir", s.DataDir)
-	return runCommand(s.t, argv, nil)
+	return runCommand(s.t, argv, s.Env)
 }
 
 // RunHakube runs the binary to completion and returns its combined output and exit code.

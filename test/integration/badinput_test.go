@@ -114,6 +114,38 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestCertificateRotateBadInput: 'certificate rotate' names what is wrong
+// and writes nothing.
+func TestCertificateRotateBadInput(t *testing.T) {
+	empty := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--service", "kube-dns"}, `--service "kube-dns" is not a service with certificates; give one of admin, dqlite, etcd, flannel,`},
+		{nil, "no certificates in " + empty + "/server/tls or " + empty + "/agent/tls: is --data-dir the data directory of a server or agent?"},
+		{[]string{"--service", "etcd"}, "no certificates in"},
+	} {
+		out, code := harness.RunHakube(t, nil, append([]string{"certificate", "rotate", "--data-dir", empty}, c.args...)...)
+		if code == 0 || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, want a failure saying %q:\n%s", c.args, code, c.want, out)
+		}
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Fatalf("a failed rotate wrote %v", entries)
+	}
+	// A server refuses a validity too short for renewal to work.
+	out, code := harness.RunHakube(t, []string{"HAKUBE_CERT_VALIDITY=10s"}, "server", "--data-dir", filepath.Join(empty, "data"))
+	if code == 0 || !strings.Contains(out, `HAKUBE_CERT_VALIDITY="10s": give a duration of at least 1m0s`) || exists(filepath.Join(empty, "data")) {
+		t.Fatalf("a 10s validity: exit %d\n%s", code, out)
+	}
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 // TestEmbeddedKubectlAndHelp covers the thin CLI: help, version and the embedded kubectl.
 func TestEmbeddedKubectlAndHelp(t *testing.T) {
 	out, code := harness.RunHakube(t, nil, "--version")

@@ -2,22 +2,28 @@ package nodes
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/test/harness"
 )
 
 // TestAgentSurvivesServerLoss: three servers and an agent that joined
 // through server 1; server 1 is SIGKILLed and the agent, through its
 // client-side load balancer, stays Ready and runs a new pod. On etcd and on
-// Dqlite. The servers run the control plane alone (--disable-agent): four
+// Dqlite. Every certificate lasts two minutes (HAKUBE_CERT_VALIDITY): the
+// servers and the agent renew theirs while they run, with no restart, and the
+// cluster works on past the expiry of the ones they started with. The servers run the control plane alone (--disable-agent): four
 // kubelets next to three datastore members are more than this machine's two
 // cores carry without starving the members' heartbeats.
 func TestAgentSurvivesServerLoss(t *testing.T) {
@@ -34,10 +40,14 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 	if kind == "dqlite" {
 		c.InitArgs = []string{"--datastore=dqlite"}
 	}
+	for _, s := range c.Servers {
+		s.Env = append(s.Env, shortCerts)
+	}
 	c.Form(t)
 	s1, s2 := c.Servers[0], c.Servers[1]
 
 	a := nw.Hosts[3].Agent(t, "agent-1", s1, s1.TokenFile())
+	a.Env = append(a.Env, shortCerts)
 	addTestImage(t, a.Layout().Images())
 	began := time.Now()
 	a.Start()
@@ -65,6 +75,8 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 		return nil
 	})
 
+	first := startedWith(t, nw, c, a)
+
 	t.Logf("killing %s, the server agent-1 joined through", s1.Name)
 	killed := time.Now()
 	s1.Kill()
@@ -86,4 +98,151 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 	if pod.Status.Phase != corev1.PodRunning {
 		t.Fatalf("phase %s", pod.Status.Phase)
 	}
+	renewedInPlace(t, nw, c, a, first)
+}
+
+// shortCerts makes every leaf certificate last two minutes: renewed 39 s
+// before its end, checked every 5 s.
+const shortCerts = pki.ValidityEnv + "=2m"
+
+// firstCerts is what the servers and the agent started with.
+type firstCerts struct {
+	// expiry is when the last of their leaf certificates expires.
+	expiry time.Time
+	// serials are the certificates s2 (supervisor, apiserver) and the
+	// agent's kubelet present, by address.
+	serials map[string]string
+	pids    map[string]int
+}
+
+// presented are the serials of the certificates the servers' and the
+// kubelet's ports present now, by address.
+func presented(t *testing.T, nw *harness.Network, c *harness.Cluster) map[string]string {
+	t.Helper()
+	s2, agentHost := c.HostOf(c.Servers[1]), nw.Hosts[3]
+	out := map[string]string{}
+	for _, at := range []struct {
+		h    *harness.Host
+		addr string
+	}{
+		{s2, net.JoinHostPort(s2.IP, "6443")}, {s2, "127.0.0.1:6444"}, {agentHost, net.JoinHostPort(agentHost.IP, "10250")},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := at.h.DialContext(ctx, "tcp", at.addr)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", at.addr, err)
+		}
+		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) // only the certificate is looked at
+		err = tc.Handshake()
+		tc.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", at.addr, err)
+		}
+		cert := tc.ConnectionState().PeerCertificates[0]
+		if time.Now().After(cert.NotAfter) {
+			t.Fatalf("%s presents a certificate that expired at %s", at.addr, cert.NotAfter)
+		}
+		out[at.addr] = cert.SerialNumber.String()
+	}
+	return out
+}
+
+func startedWith(t *testing.T, nw *harness.Network, c *harness.Cluster, a *harness.Agent) firstCerts {
+	t.Helper()
+	f := firstCerts{serials: presented(t, nw, c), pids: map[string]int{a.Name: a.Pid()}}
+	dirs := []pki.Dir{a.Layout().AgentTLS()}
+	for _, s := range c.Servers[1:] {
+		dirs = append(dirs, s.Layout().TLS())
+		f.pids[s.Name] = s.Pid()
+	}
+	certs, err := pki.Check(time.Now(), 0, dirs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range certs {
+		if !s.CA && s.NotAfter.After(f.expiry) {
+			f.expiry = s.NotAfter
+		}
+	}
+	return f
+}
+
+// renewedInPlace: past the expiry of every certificate they started with,
+// s2, s3 and the agent run as the same processes and present renewed
+// certificates, the cluster runs a scheduled pod and serves its log (the
+// apiserver's kubelet client and the kubelet's serving certificate), s1
+// rejoins the datastore through peers with renewed certificates, and
+// 'certificate rotate' renews at once.
+func renewedInPlace(t *testing.T, nw *harness.Network, c *harness.Cluster, a *harness.Agent, first firstCerts) {
+	t.Helper()
+	s1, s2 := c.Servers[0], c.Servers[1]
+	if d := time.Until(first.expiry.Add(5 * time.Second)); d > 0 {
+		t.Logf("waiting %s, past %s, when the last of the first certificates expired", d.Round(time.Second), first.expiry.Format(time.TimeOnly))
+		time.Sleep(d)
+	}
+	for _, p := range []*harness.Process{c.Servers[1].Process, c.Servers[2].Process, a.Process} {
+		if p.Pid() != first.pids[p.Name] || !p.Running() {
+			t.Fatalf("%s restarted (pid %d, was %d)", p.Name, p.Pid(), first.pids[p.Name])
+		}
+	}
+	now := presented(t, nw, c)
+	for addr, serial := range now {
+		if serial == first.serials[addr] {
+			t.Errorf("%s presents the certificate it started with", addr)
+		}
+	}
+	for _, p := range []*harness.Process{s2.Process, a.Process} {
+		want := "certificates: renewed serving-kube-apiserver"
+		if p == a.Process {
+			want = "node: renewed the certificates of node agent-1"
+		}
+		if !strings.Contains(p.FullLog(), want) {
+			t.Errorf("%s's log lacks %q", p.Name, want)
+		}
+	}
+	// A new client reads --write-kubeconfig's file, which holds the renewed
+	// admin certificate.
+	cs := s2.Client()
+	waitFor(t, time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
+	p := webPod("after-expiry", "", nil)
+	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	runningPod(t, cs, "default", "after-expiry", 2*time.Minute)
+	if _, err := s2.Kubectl("logs", "after-expiry"); err != nil {
+		t.Fatal(err)
+	}
+	// A leaf is renewed within 5 s of entering its 39 s window: one with
+	// 20 s left is late.
+	for _, s := range c.Servers[1:] {
+		if out, code := s.Hakube("certificate", "check", "--window", "20s"); code != 0 {
+			t.Errorf("%s: certificate check exits %d:\n%s", s.Name, code, out)
+		}
+	}
+	if out, code := a.Hakube("certificate", "check", "--window", "20s", "--data-dir", a.DataDir); code != 0 {
+		t.Errorf("agent: certificate check exits %d:\n%s", code, out)
+	}
+
+	// 'certificate rotate' renews now: s2's apiserver, the agent's node.
+	if out, code := s2.Hakube("certificate", "rotate", "--service", "kube-apiserver"); code != 0 ||
+		!strings.Contains(out, "renewed "+s2.Layout().TLS().Cert("serving-kube-apiserver")) {
+		t.Fatalf("rotate on %s exits %d:\n%s", s2.Name, code, out)
+	}
+	if out, code := a.Hakube("certificate", "rotate", "--service", "kubelet", "--data-dir", a.DataDir); code != 0 ||
+		!strings.Contains(out, "renewed "+a.Layout().AgentTLS().Cert("serving-kubelet")) {
+		t.Fatalf("rotate on the agent exits %d:\n%s", code, out)
+	}
+	// The apiserver and the kubelet load a changed file as it is notified.
+	waitFor(t, 30*time.Second, "every port presents the rotated certificate", func() error {
+		for addr, serial := range presented(t, nw, c) {
+			if serial == now[addr] {
+				return fmt.Errorf("%s presents the certificate it had before 'certificate rotate'", addr)
+			}
+		}
+		return nil
+	})
+
+	s1.Start()
+	c.WaitVoters(t, s2, 3)
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -62,11 +63,16 @@ type Config struct {
 // DefaultFirstJoinTimeout is Config.FirstJoinTimeout's default.
 const DefaultFirstJoinTimeout = 2 * time.Minute
 
-// Credentials is the component that fetches them.
+// Credentials is the component that fetches them, and renews them while
+// the node runs.
 type Credentials struct {
 	cfg     Config
 	client  *join.Client
 	cluster join.NodeCluster
+	req     join.NodeRequest
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // New returns the component.
@@ -81,8 +87,12 @@ func (c *Credentials) Init(context.Context) error {
 }
 
 // Start waits for the server (it may be starting too), then fetches and
-// writes the node's credentials.
+// writes the node's credentials, and starts renewing them.
 func (c *Credentials) Start(ctx context.Context) error {
+	lt, err := pki.LeafLifetimes()
+	if err != nil {
+		return err
+	}
 	tlsDir := c.cfg.Layout.AgentTLS()
 	w := c.newWait()
 	for !w.done(ctx, c.client.VerifyCA(ctx)) {
@@ -98,19 +108,19 @@ func (c *Credentials) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req := join.NodeRequest{Name: c.cfg.Name, Password: password}
+	c.req = join.NodeRequest{Name: c.cfg.Name, Password: password}
 	for _, ip := range c.cfg.IPs {
-		req.IPs = append(req.IPs, ip.String())
+		c.req.IPs = append(c.req.IPs, ip.String())
 	}
 	for name, into := range map[string]*string{
-		KubeletClient: &req.ClientKey, KubeletServing: &req.ServingKey, ProxyClient: &req.ProxyKey, NetworkClient: &req.NetworkKey,
+		KubeletClient: &c.req.ClientKey, KubeletServing: &c.req.ServingKey, ProxyClient: &c.req.ProxyKey, NetworkClient: &c.req.NetworkKey,
 	} {
 		if *into, err = publicKey(tlsDir.Key(name)); err != nil {
 			return err
 		}
 	}
 	var creds join.NodeCredentials
-	for !w.done(ctx, func() error { creds, err = c.client.Node(ctx, req); return err }()) {
+	for !w.done(ctx, func() error { creds, err = c.client.Node(ctx, c.req); return err }()) {
 	}
 	err = w.err
 	if errors.Is(err, join.ErrNameTaken) {
@@ -120,6 +130,34 @@ func (c *Credentials) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := c.write(creds); err != nil {
+		return err
+	}
+	for daemon, cert := range map[string]string{Kubelet: KubeletClient, Proxy: ProxyClient, Network: NetworkClient} {
+		if err := kubeconfig.Write(c.cfg.Layout.AgentKubeconfig(daemon), kubeconfig.Config{
+			Server: c.cfg.APIServer, CAFile: tlsDir.Cert(pki.ServerCA), CertFile: tlsDir.Cert(cert), KeyFile: tlsDir.Key(cert),
+		}, 0o600); err != nil {
+			return err
+		}
+	}
+	c.cluster = creds.Cluster
+	klog.Infof("node: certificates received for node %s", c.cfg.Name)
+	// A start renews everything: a request made before it is answered.
+	_ = os.Remove(c.cfg.Layout.RenewRequest())
+	// The renewals outlive Start's context: they end with Stop.
+	rctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.renewLoop(rctx, lt)
+	}()
+	return nil
+}
+
+// write writes the certificates the server sent; the keys stay as they are.
+func (c *Credentials) write(creds join.NodeCredentials) error {
+	tlsDir := c.cfg.Layout.AgentTLS()
 	files := map[string]string{
 		tlsDir.Cert(pki.ServerCA): creds.ServerCA, tlsDir.Cert(pki.ClientCA): creds.ClientCA,
 		tlsDir.Cert(KubeletClient): creds.ClientCert, tlsDir.Cert(KubeletServing): creds.ServingCert,
@@ -133,19 +171,96 @@ func (c *Credentials) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	for daemon, cert := range map[string]string{Kubelet: KubeletClient, Proxy: ProxyClient, Network: NetworkClient} {
-		if err := kubeconfig.Write(c.cfg.Layout.AgentKubeconfig(daemon), kubeconfig.Config{
-			Server: c.cfg.APIServer, CAFile: tlsDir.Cert(pki.ServerCA), CertFile: tlsDir.Cert(cert), KeyFile: tlsDir.Key(cert),
-		}, 0o600); err != nil {
-			return err
-		}
-	}
-	c.cluster = creds.Cluster
-	klog.Infof("node: certificates received for node %s", c.cfg.Name)
 	return nil
 }
 
-func (c *Credentials) Stop() error { return nil }
+// renewEvery is how often a running node looks at its certificates and for
+// a request to renew them ('hakube certificate rotate' waits for it): a
+// stat and four small files.
+const renewEvery = 5 * time.Second
+
+// renewLoop asks a server for new certificates (for the same keys) when one
+// is due or a renewal was requested. It asks through APIServer, the load
+// balancer that reaches whichever server is up, not the server it joined
+// through, which may be gone. The daemons read the files again: the kubelet
+// watches its serving certificate, client-go reads client certificates at
+// each handshake.
+func (c *Credentials) renewLoop(ctx context.Context, lt pki.Lifetimes) {
+	t := time.NewTicker(min(renewEvery, lt.CheckEvery))
+	defer t.Stop()
+	var failed time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		why := c.renewalDue(lt)
+		if why == "" {
+			continue
+		}
+		err := c.renew(ctx)
+		switch {
+		case err == nil:
+			klog.Infof("node: renewed the certificates of node %s (%s)", c.cfg.Name, why)
+			failed = time.Time{}
+		case ctx.Err() != nil:
+			return
+		case time.Since(failed) > time.Minute:
+			klog.Errorf("node: renewing the certificates (%s): %v; retrying", why, err)
+			failed = time.Now()
+		}
+	}
+}
+
+// renewalDue says why the node's certificates must be renewed now, or "".
+func (c *Credentials) renewalDue(lt pki.Lifetimes) string {
+	if fsutil.Exists(c.cfg.Layout.RenewRequest()) {
+		return "requested"
+	}
+	certs, err := pki.Check(time.Now(), lt.Window, c.cfg.Layout.AgentTLS())
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	for _, s := range certs {
+		if !s.CA && s.State != pki.StateOK {
+			return s.Name + " expires " + s.NotAfter.Format(time.RFC3339)
+		}
+	}
+	return ""
+}
+
+func (c *Credentials) renew(ctx context.Context) error {
+	ca, err := os.ReadFile(c.cfg.Layout.AgentTLS().Cert(pki.ServerCA))
+	if err != nil {
+		return err
+	}
+	cl, err := join.NewVerifiedClient(c.cfg.APIServer, c.cfg.Token, ca)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	creds, err := cl.Node(rctx, c.req)
+	if err != nil {
+		return err
+	}
+	if err := c.write(creds); err != nil {
+		return err
+	}
+	if err := os.Remove(c.cfg.Layout.RenewRequest()); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+func (c *Credentials) Stop() error {
+	if c.cancel != nil {
+		c.cancel()
+		c.wg.Wait()
+	}
+	return nil
+}
 
 // Cluster is what the server said of the cluster (after Start).
 func (c *Credentials) Cluster() join.NodeCluster { return c.cluster }

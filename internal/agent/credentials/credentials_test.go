@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/token"
 )
 
@@ -46,5 +47,43 @@ func TestUnreachableServer(t *testing.T) {
 	began := time.Now()
 	if err := c.Start(ctx); err == nil || time.Since(began) < 3*time.Second {
 		t.Fatalf("a node that joined before gave up after %s: %v", time.Since(began), err)
+	}
+}
+
+// TestRenewalDue: a node renews when one of its leaves is within the window
+// or a renewal was requested, and not for its CAs.
+func TestRenewalDue(t *testing.T) {
+	lay := layout.New(t.TempDir())
+	tlsDir := lay.AgentTLS()
+	ca, err := pki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(string(tlsDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tlsDir.Cert(pki.ServerCA), ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.IssueFiles(pki.Leaf{CommonName: "system:node:n", Usage: pki.ClientAuth}, tlsDir.Cert(KubeletClient), tlsDir.Key(KubeletClient)); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Config{Layout: lay})
+	year := pki.Lifetimes{Window: pki.RenewWindow}
+	if why := c.renewalDue(year); why != "" {
+		t.Fatalf("a new year-long certificate is due: %s", why)
+	}
+	if err := os.WriteFile(lay.RenewRequest(), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if why := c.renewalDue(year); why != "requested" {
+		t.Fatalf("with a request: %q", why)
+	}
+	if err := os.Remove(lay.RenewRequest()); err != nil {
+		t.Fatal(err)
+	}
+	// Within a 366-day window the leaf is due; the 10-year CA is not.
+	if why := c.renewalDue(pki.Lifetimes{Window: 366 * 24 * time.Hour}); !strings.HasPrefix(why, KubeletClient+" expires ") {
+		t.Fatalf("within the window: %q", why)
 	}
 }

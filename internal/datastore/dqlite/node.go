@@ -27,6 +27,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"k8s.io/klog/v2"
+
+	"github.com/hakube/hakube/internal/pki"
 )
 
 // Config configures one member.
@@ -232,7 +234,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 }
 
 func peerTLS(cfg Config) (server, client *tls.Config, err error) {
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	// Read again when renewed, at the next handshake.
+	cert, err := pki.LoadKeyPair(cfg.CertFile, cfg.KeyFile)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dqlite peer certificate: %w", err)
 	}
@@ -244,8 +247,8 @@ func peerTLS(cfg Config) (server, client *tls.Config, err error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, nil, fmt.Errorf("dqlite peer CA %s holds no certificate", cfg.CAFile)
 	}
-	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
-	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	server = &tls.Config{GetCertificate: cert.GetCertificate, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{GetClientCertificate: cert.GetClientCertificate, RootCAs: pool, MinVersion: tls.VersionTLS12}
 	return server, client, nil
 }
 

@@ -1,0 +1,77 @@
+package pki
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/hakube/hakube/internal/fsutil"
+)
+
+// RenewLeaves renews leaf certificates under d that one of d's CAs signed,
+// keeping their keys: with pick nil, those due (expiring within window of
+// now); else those pick selects by name (etcd/peer, serving-kube-apiserver).
+// It returns each renewed certificate as it is now. A leaf no CA of d signed
+// is left alone (an agent's are issued by a server).
+func (d Dir) RenewLeaves(now time.Time, window time.Duration, pick func(name string) bool) ([]CertStatus, error) {
+	certs, err := Check(now, window, d)
+	if err != nil {
+		return nil, err
+	}
+	var cas []*CA
+	for _, n := range caNames() {
+		ca, err := d.LoadCA(n)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		cas = append(cas, ca)
+	}
+	var renewed []string
+	for _, c := range certs {
+		if c.CA || (pick == nil && c.State == StateOK) || (pick != nil && !pick(c.Name)) {
+			continue
+		}
+		b, err := os.ReadFile(c.File)
+		if err != nil {
+			return nil, err
+		}
+		old, err := ParseCert(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", c.File, err)
+		}
+		for _, ca := range cas {
+			if old.CheckSignatureFrom(ca.Cert) != nil {
+				continue
+			}
+			pem, err := ca.Renew(old)
+			if err != nil {
+				return nil, fmt.Errorf("renewing %s: %w", c.File, err)
+			}
+			if err := fsutil.WriteFile(c.File, pem, 0o644); err != nil {
+				return nil, err
+			}
+			renewed = append(renewed, c.File)
+			break
+		}
+	}
+	if len(renewed) == 0 {
+		return nil, nil
+	}
+	after, err := Check(now, window, d)
+	if err != nil {
+		return nil, err
+	}
+	var out []CertStatus
+	for _, c := range after {
+		for _, f := range renewed {
+			if c.File == f {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
