@@ -74,6 +74,9 @@ type Data struct {
 	// Encryption is the keys of Secrets at rest; nil when the cluster never
 	// had any (created without --secrets-encryption, never enabled).
 	Encryption *secretsencrypt.State `json:"encryption,omitempty"`
+	// AgentSecret is the agent token's secret (--agent-token); empty when
+	// agents join with the server token.
+	AgentSecret string `json:"agentSecret,omitempty"`
 }
 
 // Key is the datastore key for data encrypted with secret. It is a hash, so

@@ -38,6 +38,9 @@ order; without one a random token is generated and stored in
 			if cfg.Token == "" && cfg.TokenFile == "" {
 				cfg.Token = firstEnv("HAKUBE_TOKEN", "K3S_TOKEN")
 			}
+			if cfg.AgentToken == "" && cfg.AgentTokenFile == "" {
+				cfg.AgentToken = firstEnv("HAKUBE_AGENT_TOKEN", "K3S_AGENT_TOKEN")
+			}
 			err := server.Run(cmd.Context(), cfg)
 			if errors.Is(err, runner.ErrRestart) {
 				return runner.Restart()
@@ -67,6 +70,9 @@ order; without one a random token is generated and stored in
 		"--etcd-snapshot-dir) instead of keeping this server's data; on a new machine, with the cluster's token")
 	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret used to join servers and agents (env HAKUBE_TOKEN or K3S_TOKEN)")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")
+	f.StringVar(&cfg.AgentToken, "agent-token", "", "shared secret agents join with instead of the token: it gets a node its credentials, never "+
+		"the servers' bootstrap data (env HAKUBE_AGENT_TOKEN or K3S_AGENT_TOKEN; kept in <data-dir>/server/agent-token)")
+	f.StringVar(&cfg.AgentTokenFile, "agent-token-file", "", "file holding the agent token")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "external datastore: postgres://, mysql://, sqlite:// or https://etcd:2379[,...] (default: embedded SQLite)")
 	f.StringVar(&cfg.DatastoreCAFile, "datastore-cafile", "", "CA file to verify an external etcd")
 	f.StringVar(&cfg.DatastoreCertFile, "datastore-certfile", "", "client certificate for an external etcd")

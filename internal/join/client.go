@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,7 +94,7 @@ func (c *Client) VerifyCA(ctx context.Context) error {
 		}
 	} else {
 		want := Proof(ProofKey(c.Token.Secret), nonce, ca)
-		if !hmac.Equal([]byte(resp.Header.Get(ProofHeader)), []byte(want)) {
+		if !slices.ContainsFunc(resp.Header.Values(ProofHeader), func(p string) bool { return hmac.Equal([]byte(p), []byte(want)) }) {
 			return fmt.Errorf("CA check failed: the server at %s could not prove it knows the token; "+
 				"the token is wrong, or the address is not a server of this cluster", c.URL)
 		}

@@ -15,6 +15,11 @@
 // system:nodes) and a kubelet serving certificate. It never receives a CA key
 // or the bootstrap data. The first node to register a name binds it to its
 // password: another machine asking for that name is refused.
+//
+// A cluster may have an agent token besides the server token (--agent-token):
+// it gets a node its credentials, and is refused the bootstrap data and the
+// members. For a short token the server sends a proof for each token it
+// takes, so a joiner holding either can check the CA.
 package join
 
 import (

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -23,6 +24,9 @@ type Server struct {
 	Token    token.Token
 	CAFile   string
 	proofKey []byte
+	// agent is the cluster's agent token, once known (SetAgentSecret):
+	// it gets a node its credentials and nothing else.
+	agent atomic.Pointer[agentSecret]
 	// Bootstrap returns the cluster's bootstrap data as stored in the datastore.
 	Bootstrap func(ctx context.Context) (bootstrap.Data, error)
 	// Members lists the datastore's members; nil when the datastore has none.
@@ -32,13 +36,27 @@ type Server struct {
 	Node func(ctx context.Context, req NodeRequest) (NodeCredentials, error)
 }
 
+type agentSecret struct {
+	secret   string
+	proofKey []byte
+}
+
+// SetAgentSecret makes the server take secret, the cluster's agent token,
+// for node credentials (never for bootstrap data or members).
+func (s *Server) SetAgentSecret(secret string) {
+	if cur := s.agent.Load(); cur != nil && cur.secret == secret {
+		return
+	}
+	s.agent.Store(&agentSecret{secret: secret, proofKey: ProofKey(secret)})
+}
+
 // Register adds the join endpoints to mux.
 func (s *Server) Register(handle func(pattern string, h http.Handler)) {
 	s.proofKey = ProofKey(s.Token.Secret)
 	handle("GET "+CACertsPath, http.HandlerFunc(s.caCerts))
-	handle("GET "+BootstrapPath, s.authenticated(s.bootstrap))
-	handle("GET "+MembersPath, s.authenticated(s.members))
-	handle("POST "+NodePath, s.authenticated(s.node))
+	handle("GET "+BootstrapPath, s.authenticated(false, s.bootstrap))
+	handle("GET "+MembersPath, s.authenticated(false, s.members))
+	handle("POST "+NodePath, s.authenticated(true, s.node))
 }
 
 func (s *Server) caCerts(w http.ResponseWriter, r *http.Request) {
@@ -53,18 +71,26 @@ func (s *Server) caCerts(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "nonce must be 16 to 64 bytes in hex", http.StatusBadRequest)
 			return
 		}
-		w.Header().Set(ProofHeader, Proof(s.proofKey, nonce, ca))
+		// A proof for each token: a joiner holding either can check it.
+		w.Header().Add(ProofHeader, Proof(s.proofKey, nonce, ca))
+		if a := s.agent.Load(); a != nil {
+			w.Header().Add(ProofHeader, Proof(a.proofKey, nonce, ca))
+		}
 	}
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	_, _ = w.Write(ca)
 }
 
-// authenticated requires HTTP basic auth with the token's user and secret.
-func (s *Server) authenticated(next http.HandlerFunc) http.Handler {
+// authenticated requires HTTP basic auth with the token's user and secret:
+// the server token's, or the agent token's where agents are allowed.
+func (s *Server) authenticated(agents bool, next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, pass, ok := r.BasicAuth()
-		if !ok || user != token.ServerUser ||
-			subtle.ConstantTimeCompare([]byte(pass), []byte(s.Token.Secret)) != 1 {
+		valid := ok && user == token.ServerUser && subtle.ConstantTimeCompare([]byte(pass), []byte(s.Token.Secret)) == 1
+		if a := s.agent.Load(); agents && a != nil && ok && user == token.ServerUser {
+			valid = valid || subtle.ConstantTimeCompare([]byte(pass), []byte(a.secret)) == 1
+		}
+		if !valid {
 			klog.Warningf("join: refused %s from %s: wrong or missing token", r.URL.Path, r.RemoteAddr)
 			// Slow down guessing.
 			time.Sleep(500 * time.Millisecond)

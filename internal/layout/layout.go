@@ -46,6 +46,10 @@ func (l Layout) Manifests() string { return filepath.Join(l.ServerDir(), "manife
 // Token is the server's copy of the cluster token, with the CA hash.
 func (l Layout) Token() string { return filepath.Join(l.ServerDir(), "token") }
 
+// AgentToken is the cluster's agent token, pinned to its CA, when it has one
+// (--agent-token): what agents join with.
+func (l Layout) AgentToken() string { return filepath.Join(l.ServerDir(), "agent-token") }
+
 // DB holds the datastores' data.
 func (l Layout) DB() string { return filepath.Join(l.ServerDir(), "db") }
 

@@ -28,6 +28,7 @@ func TestPathsAreStable(t *testing.T) {
 		string(l.AgentTLS()):         "/var/lib/hakube/agent/tls",
 		l.AgentKubeconfig("kubelet"): "/var/lib/hakube/agent/kubelet.kubeconfig",
 		l.NodePassword():             "/var/lib/hakube/agent/node-password",
+		l.AgentToken():               "/var/lib/hakube/server/agent-token",
 		l.RenewRequest():             "/var/lib/hakube/agent/renew-certificates",
 		l.Servers():                  "/var/lib/hakube/agent/etc/servers.json",
 		l.Containerd():               "/var/lib/hakube/agent/containerd",

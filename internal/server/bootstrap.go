@@ -39,6 +39,11 @@ type clusterBootstrap struct {
 	server string
 	// afterShared runs once the CAs are in place: minting leaves, kubeconfigs.
 	afterShared func() error
+	// agentSecret is --agent-token's secret ("" without it): stored as the
+	// cluster's when it has none, and refused when it differs.
+	agentSecret, agentTokenPath string
+	// onAgentSecret hands the cluster's agent token to the join endpoint.
+	onAgentSecret func(secret string)
 }
 
 func (b *clusterBootstrap) Name() string { return "cluster bootstrap" }
@@ -111,7 +116,43 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	if err := fsutil.WriteFile(b.tokenPath, []byte(b.tok.WithCA(ca).String()+"\n"), 0o600); err != nil {
 		return err
 	}
+	if data, err = b.agentToken(ctx, cli, data); err != nil {
+		return err
+	}
+	if data.AgentSecret != "" {
+		agent := token.Token{User: token.NodeUser, Secret: data.AgentSecret}.WithCA(ca)
+		if err := fsutil.WriteFile(b.agentTokenPath, []byte(agent.String()+"\n"), 0o600); err != nil {
+			return err
+		}
+		b.onAgentSecret(data.AgentSecret)
+	}
 	return b.afterShared()
+}
+
+// agentToken makes --agent-token the cluster's when it has none; the
+// cluster keeps one agent token, so another is refused.
+func (b *clusterBootstrap) agentToken(ctx context.Context, cli clientv3.KV, data bootstrap.Data) (bootstrap.Data, error) {
+	if b.agentSecret == "" || data.AgentSecret == b.agentSecret {
+		return data, nil
+	}
+	differs := fmt.Errorf("--agent-token differs from the cluster's agent token: give the cluster's (in %s on a server) or none", b.agentTokenPath)
+	if b.agentSecret == b.tok.Secret {
+		return data, errors.New("--agent-token is the server token: give agents a secret of their own, or no --agent-token")
+	}
+	if data.AgentSecret != "" {
+		return data, differs
+	}
+	data, err := bootstrap.Update(ctx, cli, b.tok.Secret, func(d *bootstrap.Data) error {
+		if d.AgentSecret != "" && d.AgentSecret != b.agentSecret {
+			return differs
+		}
+		d.AgentSecret = b.agentSecret
+		return nil
+	})
+	if err == nil {
+		klog.Infof("agents join with the agent token from now on (%s); the server token still works for them", b.agentTokenPath)
+	}
+	return data, err
 }
 
 // create stores the local CAs (generated if absent) as the cluster's; if another
@@ -161,6 +202,26 @@ func writeEncryptionConfig(path string, keys *secretsencrypt.State) (changed boo
 		return false, err
 	}
 	return true, fsutil.WriteFile(path, cfg, 0o600)
+}
+
+// resolveAgentToken is --agent-token's (or --agent-token-file's) secret, or "".
+func resolveAgentToken(c Config) (string, error) {
+	given := c.AgentToken
+	if c.AgentTokenFile != "" {
+		b, err := os.ReadFile(c.AgentTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--agent-token-file: %w", err)
+		}
+		given = string(b)
+	}
+	if given == "" {
+		return "", nil
+	}
+	t, err := token.Parse(given)
+	if err != nil {
+		return "", fmt.Errorf("malformed --agent-token: %w", err)
+	}
+	return t.Secret, nil
 }
 
 // resolveToken picks the token: the one given, else the one stored in the data

@@ -68,6 +68,10 @@ type Config struct {
 	// Token is the join token as given (flag or environment); TokenFile names a file holding it.
 	Token     string
 	TokenFile string
+	// AgentToken (or the file AgentTokenFile holds) is what agents join with
+	// instead of Token; it gets a node its credentials and nothing else.
+	AgentToken     string
+	AgentTokenFile string
 
 	DatastoreEndpoint string
 	DatastoreCAFile   string
@@ -248,6 +252,14 @@ func (c Config) Validate() error {
 	if c.Token != "" {
 		if _, err := token.Parse(c.Token); err != nil {
 			add("malformed token: %v", err)
+		}
+	}
+	if c.AgentToken != "" && c.AgentTokenFile != "" {
+		add("--agent-token and --agent-token-file both given; use one")
+	}
+	if c.AgentToken != "" {
+		if _, err := token.Parse(c.AgentToken); err != nil {
+			add("malformed --agent-token: %v", err)
 		}
 	}
 	if _, err := parseMode(c.WriteKubeconfigMode); err != nil {

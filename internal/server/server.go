@@ -44,6 +44,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	agentSecret, err := resolveAgentToken(cfg)
+	if err != nil {
+		return err
+	}
 	id, err := identity.Resolve(cfg.NodeName, cfg.NodeIP, cfg.AdvertiseAddress, cfg.layout(), tok)
 	if err != nil {
 		return err
@@ -76,6 +80,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tokenPath:        l.Token(),
 		critical:         critical,
 		encryptionConfig: l.EncryptionConfig(), encryptionOnCreate: cfg.SecretsEncryption, server: id.Name,
+		agentSecret: agentSecret, agentTokenPath: l.AgentToken(),
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
 				TLSDir: tlsDir, NodeName: id.Name, NodeIP: id.IP, AdvertiseIP: id.AdvertiseIP,
@@ -146,6 +151,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cluster: join.NodeCluster{ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain},
 		sans:    cfg.TLSSANs, self: id.Name, selfIP: id.IP}).issue
 	joinSrv.Register(sup.Handle)
+	boot.onAgentSecret = joinSrv.SetAgentSecret
 
 	dirs := []string{l.ServerDir()}
 	if !cfg.DisableAgent {

@@ -18,7 +18,9 @@ const (
 	prefix = "K10"
 	// ServerUser is the user part of server tokens.
 	ServerUser = "server"
-	hashLen    = sha256.Size * 2
+	// NodeUser is the user part of agent tokens (--agent-token).
+	NodeUser = "node"
+	hashLen  = sha256.Size * 2
 	// maxLen bounds what we accept so a token file cannot be abused to feed huge input.
 	maxLen = 4096
 )

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -217,4 +218,61 @@ func nodeClientset(t *testing.T, s *harness.Server, creds join.NodeCredentials, 
 		t.Fatal(err)
 	}
 	return cs
+}
+
+// TestAgentToken: with --agent-token, the agent token (in server/agent-token,
+// pinned to the CA) gets a node its credentials, in its full form or as the
+// secret alone (the server proves it knows it), and is refused the bootstrap
+// data and the member list, which the server token still gets. The cluster
+// keeps its agent token: a restart with another is refused.
+func TestAgentToken(t *testing.T) {
+	s := harness.NewServer(t, "server")
+	s.Args = append(s.Args, "--agent-token", "agent-secret-1")
+	s.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	raw, err := os.ReadFile(s.Layout().AgentToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := token.Parse(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCA, _ := os.ReadFile(s.Layout().TLS().Cert(pki.ServerCA))
+	if full.User != token.NodeUser || full.Secret != "agent-secret-1" || full.CAHash != token.HashCA(serverCA) {
+		t.Fatalf("agent token file: %q", raw)
+	}
+	for i, tok := range []token.Token{full, {Secret: "agent-secret-1"}} {
+		c := nodeClient(t, s, tok)
+		key := newKey(t)
+		req := join.NodeRequest{Name: fmt.Sprintf("agent-%d", i), IPs: []string{"192.0.2.20"}, Password: "agent-machine-password",
+			ClientKey: publicPEM(t, key), ServingKey: publicPEM(t, newKey(t)), ProxyKey: publicPEM(t, newKey(t)), NetworkKey: publicPEM(t, newKey(t))}
+		if _, err := c.Node(ctx, req); err != nil {
+			t.Fatalf("%s: node credentials with the agent token: %v", tok, err)
+		}
+		if _, err := c.Bootstrap(ctx); err == nil || !strings.Contains(err.Error(), "refused the token") {
+			t.Fatalf("%s: bootstrap data with the agent token: want refused, got %v", tok, err)
+		}
+		if _, err := c.Members(ctx); err == nil || !strings.Contains(err.Error(), "refused the token") {
+			t.Fatalf("%s: members with the agent token: want refused, got %v", tok, err)
+		}
+	}
+	serverTok, err := os.ReadFile(s.Layout().Token())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := token.Parse(string(serverTok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := nodeClient(t, s, st).Bootstrap(ctx); err != nil || d.AgentSecret != "agent-secret-1" {
+		t.Fatalf("bootstrap data with the server token: %v", err)
+	}
+
+	s.Stop()
+	out, code := s.RunToExit("--agent-token", "agent-secret-2")
+	if code == 0 || !strings.Contains(out, "--agent-token differs from the cluster's agent token") {
+		t.Fatalf("a restart with another agent token: exit %d\n%s", code, out)
+	}
 }

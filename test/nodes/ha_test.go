@@ -19,7 +19,7 @@ import (
 )
 
 // TestAgentSurvivesServerLoss: three servers and an agent that joined
-// through server 1; server 1 is SIGKILLed and the agent, through its
+// through server 1 with the agent token; server 1 is SIGKILLed and the agent, through its
 // client-side load balancer, stays Ready and runs a new pod. On etcd and on
 // Dqlite. Every certificate lasts two minutes (HAKUBE_CERT_VALIDITY): the
 // servers and the agent renew theirs while they run, with no restart, and the
@@ -40,13 +40,17 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 	if kind == "dqlite" {
 		c.InitArgs = []string{"--datastore=dqlite"}
 	}
+	// The agent joins with an agent token given to s1 alone: s2 and s3 take
+	// it from the bootstrap data, and renew the agent's certificates once s1
+	// is gone.
+	c.InitArgs = append(c.InitArgs, "--agent-token", "nodes-ha-agent-secret")
 	for _, s := range c.Servers {
 		s.Env = append(s.Env, shortCerts)
 	}
 	c.Form(t)
 	s1, s2 := c.Servers[0], c.Servers[1]
 
-	a := nw.Hosts[3].Agent(t, "agent-1", s1, s1.TokenFile())
+	a := nw.Hosts[3].Agent(t, "agent-1", s1, s1.Layout().AgentToken())
 	a.Env = append(a.Env, shortCerts)
 	addTestImage(t, a.Layout().Images())
 	began := time.Now()
