@@ -35,14 +35,7 @@ func TestNodeCredentials(t *testing.T) {
 	s.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	raw, err := os.ReadFile(s.Layout().Token())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := token.Parse(string(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := readToken(t, s.Layout().Token())
 	client := nodeClient(t, s, tok)
 
 	clientKey, servingKey, proxyKey, networkKey := newKey(t), newKey(t), newKey(t), newKey(t)
@@ -156,6 +149,20 @@ func TestNodeCredentials(t *testing.T) {
 	}
 }
 
+// readToken parses the token file a server wrote.
+func readToken(t *testing.T, path string) token.Token {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := token.Parse(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 func nodeClient(t *testing.T, s *harness.Server, tok token.Token) *join.Client {
 	t.Helper()
 	c, err := join.NewClient(s.URL(), tok)
@@ -231,17 +238,10 @@ func TestAgentToken(t *testing.T) {
 	s.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	raw, err := os.ReadFile(s.Layout().AgentToken())
-	if err != nil {
-		t.Fatal(err)
-	}
-	full, err := token.Parse(string(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	full := readToken(t, s.Layout().AgentToken())
 	serverCA, _ := os.ReadFile(s.Layout().TLS().Cert(pki.ServerCA))
 	if full.User != token.NodeUser || full.Secret != "agent-secret-1" || full.CAHash != token.HashCA(serverCA) {
-		t.Fatalf("agent token file: %q", raw)
+		t.Fatalf("agent token file: %s", full)
 	}
 	for i, tok := range []token.Token{full, {Secret: "agent-secret-1"}} {
 		c := nodeClient(t, s, tok)
@@ -258,15 +258,7 @@ func TestAgentToken(t *testing.T) {
 			t.Fatalf("%s: members with the agent token: want refused, got %v", tok, err)
 		}
 	}
-	serverTok, err := os.ReadFile(s.Layout().Token())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := token.Parse(string(serverTok))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d, err := nodeClient(t, s, st).Bootstrap(ctx); err != nil || d.AgentSecret != "agent-secret-1" {
+	if d, err := nodeClient(t, s, readToken(t, s.Layout().Token())).Bootstrap(ctx); err != nil || d.AgentSecret != "agent-secret-1" {
 		t.Fatalf("bootstrap data with the server token: %v", err)
 	}
 
