@@ -210,9 +210,8 @@ func rotateNode(ctx context.Context, out io.Writer, l layout.Layout) error {
 	deadline := time.Now().Add(wait)
 	for fsutil.Exists(req) {
 		if time.Now().After(deadline) {
-			fmt.Fprintf(out, "the node did not answer within %s: hakube is not running here, or cannot reach a server (its log says which); "+
-				"it renews the node's certificates when it starts, or once it reaches a server\n", wait)
-			return nil
+			return fmt.Errorf("the node did not renew its certificates within %s: hakube is not running here, or cannot reach a server "+
+				"(its log says which); the request stays, and the node renews them when it starts or reaches a server", wait)
 		}
 		select {
 		case <-ctx.Done():

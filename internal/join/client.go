@@ -117,6 +117,13 @@ func (c *Client) trust(ca []byte) error {
 	return nil
 }
 
+// CloseIdleConnections closes the connections a finished client keeps.
+func (c *Client) CloseIdleConnections() {
+	if c.trusted != nil {
+		c.trusted.CloseIdleConnections()
+	}
+}
+
 // Bootstrap fetches the cluster's bootstrap data over the verified channel.
 func (c *Client) Bootstrap(ctx context.Context) (bootstrap.Data, error) {
 	var d bootstrap.Data

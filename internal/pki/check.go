@@ -21,15 +21,25 @@ const (
 type CertStatus struct {
 	// File is the certificate's path; Name is its path under the TLS
 	// directory it was found in, without .crt (etcd/server-ca, ...).
-	File     string    `json:"file"`
-	Name     string    `json:"name"`
-	Subject  string    `json:"subject"`
-	Issuer   string    `json:"issuer"`
-	CA       bool      `json:"ca"`
-	NotAfter time.Time `json:"notAfter"`
+	File      string    `json:"file"`
+	Name      string    `json:"name"`
+	Subject   string    `json:"subject"`
+	Issuer    string    `json:"issuer"`
+	CA        bool      `json:"ca"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
 	// SecondsLeft is negative once it has expired.
 	SecondsLeft int64  `json:"secondsLeft"`
 	State       string `json:"state"`
+}
+
+// RenewalDue says a running server or node renews the certificate now: it
+// expires within window, or within a third of its own life, whichever is
+// nearer. A certificate issued with another HAKUBE_CERT_VALIDITY than the
+// renewer's own (a node's come from a server) is so renewed once per life.
+func (s CertStatus) RenewalDue(window time.Duration) bool {
+	left := time.Duration(s.SecondsLeft) * time.Second
+	return left <= min(window, s.NotAfter.Sub(s.NotBefore)/3)
 }
 
 // Check reads every .crt file under dirs (a missing dir has none) and says
@@ -59,7 +69,7 @@ func Check(now time.Time, window time.Duration, dirs ...Dir) ([]CertStatus, erro
 			rel, _ := filepath.Rel(root, p)
 			left := c.NotAfter.Sub(now)
 			s := CertStatus{File: p, Name: strings.TrimSuffix(rel, ".crt"), Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName,
-				CA: c.IsCA, NotAfter: c.NotAfter.UTC(), SecondsLeft: int64(left / time.Second), State: StateOK}
+				CA: c.IsCA, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), SecondsLeft: int64(left / time.Second), State: StateOK}
 			switch {
 			case left <= 0:
 				s.State = StateExpired

@@ -18,6 +18,8 @@ type KeyPair struct {
 	mu   sync.Mutex
 	info os.FileInfo // of the certificate file when it was read
 	cert *tls.Certificate
+	// generation counts the reads of a changed file.
+	generation uint64
 }
 
 // LoadKeyPair reads the pair now, so that a bad pair fails the start.
@@ -37,42 +39,42 @@ func (k *KeyPair) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certif
 	return k.current()
 }
 
-// Changed reads the pair again if the certificate file changed since it
-// was read, and says whether it did: a client whose server authenticates it
-// at every request (the apiserver does) must close the connections it made
-// with the old certificate before that expires.
-func (k *KeyPair) Changed() bool {
-	changed, _, _ := k.load()
-	return changed
+// Generation reads the pair again if the certificate file changed, and
+// counts each such read: a client whose server authenticates it at every
+// request (the apiserver does) must leave the connections it made with an
+// older generation before that certificate expires. A handshake may read
+// the change first; the generation still moved.
+func (k *KeyPair) Generation() uint64 {
+	k.load()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.generation
 }
 
-func (k *KeyPair) current() (*tls.Certificate, error) {
-	_, c, err := k.load()
-	return c, err
-}
+func (k *KeyPair) current() (*tls.Certificate, error) { return k.load() }
 
 // load is the pair, read again if the certificate file is another file (a
 // rename put it there) or was modified. A pair that fails to load keeps the
 // last good one: a key and certificate written one after the other match
 // again once both are.
-func (k *KeyPair) load() (changed bool, cert *tls.Certificate, err error) {
+func (k *KeyPair) load() (*tls.Certificate, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	info, err := os.Stat(k.certFile)
 	if err == nil && k.info != nil && os.SameFile(info, k.info) && info.ModTime().Equal(k.info.ModTime()) {
-		return false, k.cert, nil
+		return k.cert, nil
 	}
 	if err == nil {
 		var c tls.Certificate
 		if c, err = tls.LoadX509KeyPair(k.certFile, k.keyFile); err == nil {
-			changed = k.cert != nil
 			k.cert, k.info = &c, info
-			return changed, k.cert, nil
+			k.generation++
+			return k.cert, nil
 		}
 	}
 	if k.cert == nil {
-		return false, nil, err
+		return nil, err
 	}
 	klog.Warningf("%s: %v; presenting the certificate read before", k.certFile, err)
-	return false, k.cert, nil
+	return k.cert, nil
 }

@@ -1,17 +1,19 @@
 package pki
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/hakube/hakube/internal/fsutil"
 )
 
 // RenewLeaves renews leaf certificates under d that one of d's CAs signed,
-// keeping their keys: with pick nil, those due (expiring within window of
+// keeping their keys: with pick nil, those due (CertStatus.RenewalDue at
 // now); else those pick selects by name (etcd/peer, serving-kube-apiserver).
 // It returns each renewed certificate as it is now. A leaf no CA of d signed
 // is left alone (an agent's are issued by a server).
@@ -32,7 +34,7 @@ func (d Dir) RenewLeaves(now time.Time, window time.Duration, pick func(name str
 	}
 	var renewed []string
 	for _, c := range certs {
-		if c.CA || (pick == nil && c.State == StateOK) || (pick != nil && !pick(c.Name)) {
+		if c.CA || (pick == nil && !c.RenewalDue(window)) || (pick != nil && !pick(c.Name)) {
 			continue
 		}
 		b, err := os.ReadFile(c.File)
@@ -42,6 +44,9 @@ func (d Dir) RenewLeaves(now time.Time, window time.Duration, pick func(name str
 		old, err := ParseCert(b)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", c.File, err)
+		}
+		if err := keyMatches(strings.TrimSuffix(c.File, ".crt")+".key", old); err != nil {
+			return nil, err
 		}
 		for _, ca := range cas {
 			if old.CheckSignatureFrom(ca.Cert) != nil {
@@ -74,4 +79,22 @@ func (d Dir) RenewLeaves(now time.Time, window time.Duration, pick func(name str
 		}
 	}
 	return out, nil
+}
+
+// keyMatches checks that the key beside a certificate is the one it
+// certifies: a server starting meanwhile mints a new pair, and a renewal of
+// the old certificate must not land beside the new key.
+func keyMatches(keyFile string, cert *x509.Certificate) error {
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		return err
+	}
+	key, err := ParseKey(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", keyFile, err)
+	}
+	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return fmt.Errorf("%s does not hold the key of its certificate: it was issued again meanwhile (a server starting?); run the renewal again", keyFile)
+	}
+	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hakube/hakube/internal/fsutil"
 )
 
 // TestLeafLifetimes: a year and 120 days by default; HAKUBE_CERT_VALIDITY
@@ -113,6 +115,25 @@ func TestRenewLeaves(t *testing.T) {
 	if readCert(t, d.Cert("serving")).SerialNumber.Cmp(after.SerialNumber) != 0 {
 		t.Error("a leaf not picked was renewed")
 	}
+
+	// A key issued again meanwhile (a server starting) is not paired with a
+	// renewal of the old certificate.
+	k, err := NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, _ := EncodeKey(k)
+	if err := fsutil.WriteFile(d.Key("serving"), kp, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serial := readCert(t, d.Cert("serving")).SerialNumber
+	if _, err := d.RenewLeaves(time.Now(), lt.Window, func(n string) bool { return n == "serving" }); err == nil ||
+		!strings.Contains(err.Error(), "does not hold the key of its certificate") {
+		t.Fatalf("a key issued again: %v", err)
+	}
+	if readCert(t, d.Cert("serving")).SerialNumber.Cmp(serial) != 0 {
+		t.Error("a certificate was written beside a key it does not certify")
+	}
 }
 
 // TestKeyPairReloads: a handshake after the certificate file was replaced
@@ -151,7 +172,8 @@ func TestKeyPairReloads(t *testing.T) {
 	if got := serial(); got != want || got == first {
 		t.Fatalf("after renewal: %s, want %s", got, want)
 	}
-	if err := os.WriteFile(d.Cert("s"), []byte("garbage"), 0o644); err != nil {
+	// Replaced by a rename, as every writer here does: another file.
+	if err := fsutil.WriteFile(d.Cert("s"), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if got := serial(); got != want {

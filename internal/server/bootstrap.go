@@ -42,6 +42,8 @@ type clusterBootstrap struct {
 	// agentSecret is --agent-token's secret ("" without it): stored as the
 	// cluster's when it has none, and refused when it differs.
 	agentSecret, agentTokenPath string
+	// agentCAHash is --agent-token's CA pin, when given in full form.
+	agentCAHash string
 	// onAgentSecret hands the cluster's agent token to the join endpoint.
 	onAgentSecret func(secret string)
 }
@@ -115,6 +117,9 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	}
 	if err := fsutil.WriteFile(b.tokenPath, []byte(b.tok.WithCA(ca).String()+"\n"), 0o600); err != nil {
 		return err
+	}
+	if b.agentCAHash != "" && b.agentCAHash != token.HashCA(ca) {
+		return errors.New("the --agent-token's CA hash does not match this cluster's server CA; it belongs to another cluster, or was mistyped")
 	}
 	if data, err = b.agentToken(ctx, cli, data); err != nil {
 		return err
@@ -204,24 +209,25 @@ func writeEncryptionConfig(path string, keys *secretsencrypt.State) (changed boo
 	return true, fsutil.WriteFile(path, cfg, 0o600)
 }
 
-// resolveAgentToken is --agent-token's (or --agent-token-file's) secret, or "".
-func resolveAgentToken(c Config) (string, error) {
+// resolveAgentToken is --agent-token (or --agent-token-file), the zero
+// token without one.
+func resolveAgentToken(c Config) (token.Token, error) {
 	given := c.AgentToken
 	if c.AgentTokenFile != "" {
 		b, err := os.ReadFile(c.AgentTokenFile)
 		if err != nil {
-			return "", fmt.Errorf("--agent-token-file: %w", err)
+			return token.Token{}, fmt.Errorf("--agent-token-file: %w", err)
 		}
 		given = string(b)
 	}
 	if given == "" {
-		return "", nil
+		return token.Token{}, nil
 	}
 	t, err := token.Parse(given)
 	if err != nil {
-		return "", fmt.Errorf("malformed --agent-token: %w", err)
+		return token.Token{}, fmt.Errorf("malformed --agent-token: %w", err)
 	}
-	return t.Secret, nil
+	return t, nil
 }
 
 // resolveToken picks the token: the one given, else the one stored in the data

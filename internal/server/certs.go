@@ -86,13 +86,14 @@ func (r *certRenewer) tick(lt pki.Lifetimes, warned *time.Time) {
 	}
 	var near []string
 	for _, c := range certs {
-		if c.State != pki.StateOK {
+		// A leaf still due was not renewed: no CA here signed it.
+		if (c.CA && c.State != pki.StateOK) || (!c.CA && c.RenewalDue(lt.Window)) {
 			near = append(near, c.Name+" (until "+c.NotAfter.Format(time.RFC3339)+")")
 		}
 	}
 	if len(near) > 0 {
-		klog.Warningf("certificates: %s expire within %s and cannot be renewed in place (a CA, which lasts 10 years, "+
-			"is not rotated by hakube yet); 'hakube certificate check' lists every certificate", strings.Join(near, ", "), lt.Window)
+		klog.Warningf("certificates: %s expire within %s and cannot be renewed in place (CAs, which last 10 years, "+
+			"are not rotated by hakube yet); 'hakube certificate check' lists every certificate", strings.Join(near, ", "), lt.Window)
 		*warned = now
 	}
 }

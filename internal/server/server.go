@@ -44,7 +44,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	agentSecret, err := resolveAgentToken(cfg)
+	agentTok, err := resolveAgentToken(cfg)
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tokenPath:        l.Token(),
 		critical:         critical,
 		encryptionConfig: l.EncryptionConfig(), encryptionOnCreate: cfg.SecretsEncryption, server: id.Name,
-		agentSecret: agentSecret, agentTokenPath: l.AgentToken(),
+		agentSecret: agentTok.Secret, agentCAHash: agentTok.CAHash, agentTokenPath: l.AgentToken(),
 		afterShared: func() error {
 			if err := controlplane.MintLeaves(controlplane.CertsConfig{
 				TLSDir: tlsDir, NodeName: id.Name, NodeIP: id.IP, AdvertiseIP: id.AdvertiseIP,

@@ -221,7 +221,7 @@ func (s *Supervisor) apiserverProxy() (http.Handler, error) {
 				setIdentity(r.Out.Header, r.In.TLS.VerifiedChains[0][0])
 			}
 		},
-		Transport:     &renewingTransport{cert: proxyCert, build: transport, cur: transport()},
+		Transport:     &renewingTransport{cert: proxyCert, build: transport, cur: transport(), gen: proxyCert.Generation()},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			klog.V(2).Infof("proxy to apiserver: %v", err)
@@ -262,13 +262,14 @@ type renewingTransport struct {
 
 	mu  sync.Mutex
 	cur *upgradeTransport
+	gen uint64 // the certificate's generation when cur was built
 }
 
 func (t *renewingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	t.mu.Lock()
-	if t.cert.Changed() {
+	if g := t.cert.Generation(); g != t.gen {
 		t.cur.closeIdle()
-		t.cur = t.build()
+		t.cur, t.gen = t.build(), g
 		klog.Infof("supervisor: the auth proxy's certificate was renewed; new connections to the apiserver use it")
 	}
 	cur := t.cur

@@ -223,7 +223,7 @@ func (c *Credentials) renewalDue(lt pki.Lifetimes) string {
 		return "unreadable: " + err.Error()
 	}
 	for _, s := range certs {
-		if !s.CA && s.State != pki.StateOK {
+		if !s.CA && s.RenewalDue(lt.Window) {
 			return s.Name + " expires " + s.NotAfter.Format(time.RFC3339)
 		}
 	}
@@ -239,6 +239,7 @@ func (c *Credentials) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer cl.CloseIdleConnections()
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	creds, err := cl.Node(rctx, c.req)

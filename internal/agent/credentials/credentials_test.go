@@ -2,6 +2,11 @@ package credentials
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"strings"
@@ -82,8 +87,27 @@ func TestRenewalDue(t *testing.T) {
 	if err := os.Remove(lay.RenewRequest()); err != nil {
 		t.Fatal(err)
 	}
-	// Within a 366-day window the leaf is due; the 10-year CA is not.
-	if why := c.renewalDue(pki.Lifetimes{Window: 366 * 24 * time.Hour}); !strings.HasPrefix(why, KubeletClient+" expires ") {
-		t.Fatalf("within the window: %q", why)
+	// Within a 366-day window the leaf is not due: a third of its life is
+	// left. The 10-year CA never is.
+	if why := c.renewalDue(pki.Lifetimes{Window: 366 * 24 * time.Hour}); why != "" {
+		t.Fatalf("a year-long certificate with a year left: %q", why)
+	}
+	// A server issued a 12-hour certificate with an hour left: due, whatever
+	// this node's own (year-long) window.
+	now := time.Now()
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "system:node:n"},
+		NotBefore: now.Add(-11 * time.Hour), NotAfter: now.Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+		ca.Cert, ca.Key.Public(), ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tlsDir.Cert(KubeletClient), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if why := c.renewalDue(year); !strings.HasPrefix(why, KubeletClient+" expires ") {
+		t.Fatalf("a third of its life left: %q", why)
+	}
+	if why := c.renewalDue(pki.Lifetimes{Window: 30 * time.Minute}); why != "" {
+		t.Fatalf("outside a 30-minute window: %q", why)
 	}
 }
