@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -79,13 +78,9 @@ func (c Config) Validate() error {
 }
 
 func (c Config) token() (token.Token, error) {
-	s := c.Token
-	if c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return token.Token{}, fmt.Errorf("--token-file: %w", err)
-		}
-		s = string(b)
+	s, err := token.Given(c.Token, c.TokenFile, "token")
+	if err != nil {
+		return token.Token{}, err
 	}
 	t, err := token.Parse(strings.TrimSpace(s))
 	if err != nil {

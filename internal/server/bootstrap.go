@@ -212,16 +212,9 @@ func writeEncryptionConfig(path string, keys *secretsencrypt.State) (changed boo
 // resolveAgentToken is --agent-token (or --agent-token-file), the zero
 // token without one.
 func resolveAgentToken(c Config) (token.Token, error) {
-	given := c.AgentToken
-	if c.AgentTokenFile != "" {
-		b, err := os.ReadFile(c.AgentTokenFile)
-		if err != nil {
-			return token.Token{}, fmt.Errorf("--agent-token-file: %w", err)
-		}
-		given = string(b)
-	}
-	if given == "" {
-		return token.Token{}, nil
+	given, err := token.Given(c.AgentToken, c.AgentTokenFile, "agent-token")
+	if err != nil || given == "" {
+		return token.Token{}, err
 	}
 	t, err := token.Parse(given)
 	if err != nil {
@@ -233,13 +226,9 @@ func resolveAgentToken(c Config) (token.Token, error) {
 // resolveToken picks the token: the one given, else the one stored in the data
 // dir, else a new random one. A given token must match the stored one.
 func resolveToken(c Config) (token.Token, error) {
-	given := c.Token
-	if c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return token.Token{}, fmt.Errorf("--token-file: %w", err)
-		}
-		given = string(b)
+	given, err := token.Given(c.Token, c.TokenFile, "token")
+	if err != nil {
+		return token.Token{}, err
 	}
 	var stored *token.Token
 	path := c.layout().Token()

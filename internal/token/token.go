@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -109,6 +110,19 @@ func (t Token) WithCA(caBundle []byte) Token {
 func HashCA(caBundle []byte) string {
 	sum := sha256.Sum256(caBundle)
 	return hex.EncodeToString(sum[:])
+}
+
+// Given is a token passed as a flag's value, or held in the file its -file
+// flag names; flag (token, agent-token) names them in errors.
+func Given(value, file, flag string) (string, error) {
+	if file == "" {
+		return value, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", flag, err)
+	}
+	return string(b), nil
 }
 
 // Random returns a new short token with a 32-byte random secret.
