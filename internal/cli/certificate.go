@@ -162,13 +162,9 @@ func newCertificateRotateCommand(dataDir *string) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if isServer && (len(services) == 0 || len(pick) > 0) {
-				var filter func(string) bool
-				if len(pick) > 0 {
-					filter = func(name string) bool { return pick[name] }
-				} else {
-					filter = func(string) bool { return true }
-				}
-				renewed, err := l.TLS().RenewLeaves(time.Now(), renewWindow(), filter)
+				// No --service: every leaf.
+				all := len(pick) == 0
+				renewed, err := l.TLS().RenewLeaves(time.Now(), renewWindow(), func(name string) bool { return all || pick[name] })
 				if err != nil {
 					return err
 				}

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto/x509"
 	"fmt"
 	"io/fs"
 	"os"
@@ -31,6 +32,8 @@ type CertStatus struct {
 	// SecondsLeft is negative once it has expired.
 	SecondsLeft int64  `json:"secondsLeft"`
 	State       string `json:"state"`
+	// cert is the certificate read: a renewal starts from it.
+	cert *x509.Certificate
 }
 
 // RenewalDue says a running server or node renews the certificate now: it
@@ -40,6 +43,20 @@ type CertStatus struct {
 func (s CertStatus) RenewalDue(window time.Duration) bool {
 	left := time.Duration(s.SecondsLeft) * time.Second
 	return left <= min(window, s.NotAfter.Sub(s.NotBefore)/3)
+}
+
+// status is the certificate c, read from file, at now.
+func status(file, name string, c *x509.Certificate, now time.Time, window time.Duration) CertStatus {
+	left := c.NotAfter.Sub(now)
+	s := CertStatus{File: file, Name: name, Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName, CA: c.IsCA,
+		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), SecondsLeft: int64(left / time.Second), State: StateOK, cert: c}
+	switch {
+	case left <= 0:
+		s.State = StateExpired
+	case left <= window:
+		s.State = StateDue
+	}
+	return s
 }
 
 // Check reads every .crt file under dirs (a missing dir has none) and says
@@ -67,16 +84,7 @@ func Check(now time.Time, window time.Duration, dirs ...Dir) ([]CertStatus, erro
 				return fmt.Errorf("%s: %w", p, err)
 			}
 			rel, _ := filepath.Rel(root, p)
-			left := c.NotAfter.Sub(now)
-			s := CertStatus{File: p, Name: strings.TrimSuffix(rel, ".crt"), Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName,
-				CA: c.IsCA, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), SecondsLeft: int64(left / time.Second), State: StateOK}
-			switch {
-			case left <= 0:
-				s.State = StateExpired
-			case left <= window:
-				s.State = StateDue
-			}
-			out = append(out, s)
+			out = append(out, status(p, strings.TrimSuffix(rel, ".crt"), c, now, window))
 			return nil
 		})
 		if err != nil {

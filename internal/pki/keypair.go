@@ -25,18 +25,18 @@ type KeyPair struct {
 // LoadKeyPair reads the pair now, so that a bad pair fails the start.
 func LoadKeyPair(certFile, keyFile string) (*KeyPair, error) {
 	k := &KeyPair{certFile: certFile, keyFile: keyFile}
-	if _, err := k.current(); err != nil {
+	if _, err := k.load(); err != nil {
 		return nil, err
 	}
 	return k, nil
 }
 
 // GetCertificate is for tls.Config.GetCertificate.
-func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return k.current() }
+func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return k.load() }
 
 // GetClientCertificate is for tls.Config.GetClientCertificate.
 func (k *KeyPair) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	return k.current()
+	return k.load()
 }
 
 // Generation reads the pair again if the certificate file changed, and
@@ -50,8 +50,6 @@ func (k *KeyPair) Generation() uint64 {
 	defer k.mu.Unlock()
 	return k.generation
 }
-
-func (k *KeyPair) current() (*tls.Certificate, error) { return k.load() }
 
 // load is the pair, read again if the certificate file is another file (a
 // rename put it there) or was modified. A pair that fails to load keeps the

@@ -32,50 +32,31 @@ func (d Dir) RenewLeaves(now time.Time, window time.Duration, pick func(name str
 		}
 		cas = append(cas, ca)
 	}
-	var renewed []string
+	var out []CertStatus
 	for _, c := range certs {
 		if c.CA || (pick == nil && !c.RenewalDue(window)) || (pick != nil && !pick(c.Name)) {
 			continue
 		}
-		b, err := os.ReadFile(c.File)
-		if err != nil {
-			return nil, err
-		}
-		old, err := ParseCert(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", c.File, err)
-		}
-		if err := keyMatches(strings.TrimSuffix(c.File, ".crt")+".key", old); err != nil {
+		if err := keyMatches(strings.TrimSuffix(c.File, ".crt")+".key", c.cert); err != nil {
 			return nil, err
 		}
 		for _, ca := range cas {
-			if old.CheckSignatureFrom(ca.Cert) != nil {
+			if c.cert.CheckSignatureFrom(ca.Cert) != nil {
 				continue
 			}
-			pem, err := ca.Renew(old)
+			b, err := ca.Renew(c.cert)
 			if err != nil {
 				return nil, fmt.Errorf("renewing %s: %w", c.File, err)
 			}
-			if err := fsutil.WriteFile(c.File, pem, 0o644); err != nil {
+			if err := fsutil.WriteFile(c.File, b, 0o644); err != nil {
 				return nil, err
 			}
-			renewed = append(renewed, c.File)
-			break
-		}
-	}
-	if len(renewed) == 0 {
-		return nil, nil
-	}
-	after, err := Check(now, window, d)
-	if err != nil {
-		return nil, err
-	}
-	var out []CertStatus
-	for _, c := range after {
-		for _, f := range renewed {
-			if c.File == f {
-				out = append(out, c)
+			renewed, err := ParseCert(b)
+			if err != nil {
+				return nil, err
 			}
+			out = append(out, status(c.File, c.Name, renewed, now, window))
+			break
 		}
 	}
 	return out, nil
