@@ -77,6 +77,10 @@ type Data struct {
 	// AgentSecret is the agent token's secret (--agent-token); empty when
 	// agents join with the server token.
 	AgentSecret string `json:"agentSecret,omitempty"`
+	// ReplacedBy is set, alone, in what 'hakube token rotate' leaves under
+	// the token it replaced: the new token's secret. A server that held the
+	// old token, running or stopped, follows it to the cluster's data.
+	ReplacedBy string `json:"replacedBy,omitempty"`
 }
 
 // Key is the datastore key for data encrypted with secret. It is a hash, so

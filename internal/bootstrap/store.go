@@ -13,28 +13,59 @@ var ErrOtherToken = errors.New("the datastore was created with a different token
 	"Start this server with the token the cluster was created with (--token, --token-file, HAKUBE_TOKEN or K3S_TOKEN; " +
 	"it is in <data-dir>/server/token on the first server)")
 
-// Load reads and decrypts the cluster's bootstrap data. found is false when the
-// datastore holds none.
-func Load(ctx context.Context, kv clientv3.KV, secret string) (d Data, found bool, err error) {
+// maxReplaced bounds the chain of rotations a token is followed through: a
+// loop in it would be a corrupt datastore.
+const maxReplaced = 100
+
+// Follow opens the data sealed under secret, following the records token
+// rotations left (Data.ReplacedBy); current is the secret of the token the
+// data is under now. found is false when get finds nothing under secret.
+func Follow(get func(key string) ([]byte, bool, error), secret string) (d Data, current string, found bool, err error) {
+	for hop := range maxReplaced {
+		blob, ok, err := get(Key(secret))
+		if err != nil {
+			return Data{}, "", hop > 0, err
+		}
+		if !ok {
+			if hop > 0 {
+				return Data{}, "", true, errors.New("the cluster's token was rotated, but the data of the new token is missing: the datastore is damaged")
+			}
+			return Data{}, "", false, nil
+		}
+		if d, err = Decrypt(secret, blob); err != nil {
+			return Data{}, "", true, err
+		}
+		if d.ReplacedBy == "" {
+			return d, secret, true, nil
+		}
+		secret = d.ReplacedBy
+	}
+	return Data{}, "", true, fmt.Errorf("the cluster's token was rotated more than %d times in a chain: the datastore is damaged", maxReplaced)
+}
+
+// Load reads and decrypts the cluster's bootstrap data, following token
+// rotations; current is the secret of the cluster's token. found is false
+// when the datastore holds none.
+func Load(ctx context.Context, kv clientv3.KV, secret string) (d Data, current string, found bool, err error) {
 	resp, err := kv.Get(ctx, Prefix, clientv3.WithPrefix())
 	if err != nil {
-		return Data{}, false, fmt.Errorf("reading bootstrap data: %w", err)
+		return Data{}, "", false, fmt.Errorf("reading bootstrap data: %w", err)
 	}
 	if len(resp.Kvs) == 0 {
-		return Data{}, false, nil
+		return Data{}, "", false, nil
 	}
-	key := Key(secret)
+	byKey := map[string][]byte{}
 	for _, kv := range resp.Kvs {
-		if string(kv.Key) != key {
-			continue
-		}
-		d, err := Decrypt(secret, kv.Value)
-		if errors.Is(err, ErrWrongToken) {
-			return Data{}, true, ErrOtherToken
-		}
-		return d, true, err
+		byKey[string(kv.Key)] = kv.Value
 	}
-	return Data{}, true, ErrOtherToken
+	d, current, found, err = Follow(func(key string) ([]byte, bool, error) {
+		b, ok := byKey[key]
+		return b, ok, nil
+	}, secret)
+	if !found || errors.Is(err, ErrWrongToken) {
+		return Data{}, "", true, ErrOtherToken
+	}
+	return d, current, true, err
 }
 
 // Create stores d unless bootstrap data already exists. created is false when
@@ -55,24 +86,19 @@ func Create(ctx context.Context, kv clientv3.KV, secret string, d Data) (created
 	return resp.Succeeded, nil
 }
 
-// Update applies change to the bootstrap data under secret's key and stores
-// it if no other writer stored it in between (else it reads again and
-// retries): two servers changing it at once both have their change kept.
+// Update applies change to the bootstrap data and stores it if no other
+// writer stored it in between (else it reads again and retries): two
+// servers changing it at once both have their change kept. It follows token
+// rotations, so a holder of a replaced token updates the cluster's data.
 func Update(ctx context.Context, kv clientv3.KV, secret string, change func(*Data) error) (Data, error) {
-	key := Key(secret)
 	for {
-		resp, err := kv.Get(ctx, key)
+		d, rev, err := read(ctx, kv, secret)
 		if err != nil {
-			return Data{}, fmt.Errorf("reading bootstrap data: %w", err)
-		}
-		if len(resp.Kvs) == 0 {
-			return Data{}, errors.New("the datastore holds no bootstrap data under this token")
-		}
-		d, err := Decrypt(secret, resp.Kvs[0].Value)
-		if errors.Is(err, ErrWrongToken) {
-			return Data{}, ErrOtherToken
-		} else if err != nil {
 			return Data{}, err
+		}
+		if d.ReplacedBy != "" {
+			secret = d.ReplacedBy
+			continue
 		}
 		if err := change(&d); err != nil {
 			return Data{}, err
@@ -81,17 +107,72 @@ func Update(ctx context.Context, kv clientv3.KV, secret string, change func(*Dat
 		if err != nil {
 			return Data{}, err
 		}
-		// The update form kine supports: compare the revision, put, else get.
-		txn, err := kv.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
-			Then(clientv3.OpPut(key, string(blob))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil {
-			return Data{}, fmt.Errorf("storing bootstrap data: %w", err)
-		}
-		if txn.Succeeded {
-			return d, nil
+		if ok, err := putAt(ctx, kv, Key(secret), rev, blob); err != nil || ok {
+			return d, err
 		}
 	}
+}
+
+// Rotate puts the cluster's data under newSecret and leaves under
+// oldSecret a record naming it (Data.ReplacedBy). The copy comes first and
+// the record replaces the old data only if the data did not change since it
+// was copied: an interruption leaves the old token in force, and running
+// it again finishes. It is done once oldSecret's record names newSecret.
+func Rotate(ctx context.Context, kv clientv3.KV, oldSecret, newSecret string) error {
+	for {
+		d, rev, err := read(ctx, kv, oldSecret)
+		if err != nil {
+			return err
+		}
+		switch d.ReplacedBy {
+		case newSecret:
+			return nil
+		case "":
+		default:
+			return errors.New("this token was replaced by another one already: rotate from the cluster's current token (in <data-dir>/server/token on a server that runs)")
+		}
+		blob, err := Encrypt(newSecret, d)
+		if err != nil {
+			return err
+		}
+		if _, err := kv.Put(ctx, Key(newSecret), string(blob)); err != nil {
+			return fmt.Errorf("storing bootstrap data under the new token: %w", err)
+		}
+		if blob, err = Encrypt(oldSecret, Data{ReplacedBy: newSecret}); err != nil {
+			return err
+		}
+		if ok, err := putAt(ctx, kv, Key(oldSecret), rev, blob); err != nil || ok {
+			return err
+		}
+	}
+}
+
+// read is the data stored under secret itself, and its revision.
+func read(ctx context.Context, kv clientv3.KV, secret string) (Data, int64, error) {
+	resp, err := kv.Get(ctx, Key(secret))
+	if err != nil {
+		return Data{}, 0, fmt.Errorf("reading bootstrap data: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Data{}, 0, errors.New("the datastore holds no bootstrap data under this token")
+	}
+	d, err := Decrypt(secret, resp.Kvs[0].Value)
+	if errors.Is(err, ErrWrongToken) {
+		return Data{}, 0, ErrOtherToken
+	}
+	return d, resp.Kvs[0].ModRevision, err
+}
+
+// putAt stores blob at key if it is still at revision rev, in the update
+// form kine supports (compare the revision, put, else get).
+func putAt(ctx context.Context, kv clientv3.KV, key string, rev int64, blob []byte) (bool, error) {
+	txn, err := kv.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, string(blob))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("storing bootstrap data: %w", err)
+	}
+	return txn.Succeeded, nil
 }

@@ -71,6 +71,6 @@ plane on embedded etcd, with no external database to run.`,
 	v.Usage = "log verbosity (0-10)"
 	root.PersistentFlags().AddFlag(v)
 	root.AddCommand(newServerCommand(), newKubectlCommand(), newEtcdCommand(), newClusterCommand(), newSnapshotCommand(),
-		newCheckConfigCommand(), newCertificateCommand(), newSecretsEncryptCommand(), newAgentCommand(), newContainerdCommand(), newCtrCommand(), newCrictlCommand())
+		newCheckConfigCommand(), newCertificateCommand(), newSecretsEncryptCommand(), newTokenCommand(), newAgentCommand(), newContainerdCommand(), newCtrCommand(), newCrictlCommand())
 	return root
 }

@@ -43,7 +43,7 @@ func newSecretsEncryptCommand() *cobra.Command {
 			// stopped server's socket would hold it forever.
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			data, found, err := bootstrap.Load(ctx, srv.kv, srv.secret)
+			data, _, found, err := bootstrap.Load(ctx, srv.kv, srv.secret)
 			if err != nil {
 				if ctx.Err() != nil {
 					err = fmt.Errorf("%w: is this server running?", err)

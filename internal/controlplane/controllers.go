@@ -18,7 +18,10 @@ type ControllerManagerConfig struct {
 	Kubeconfig  string
 	ClusterCIDR string
 	ServiceCIDR string
-	ExtraArgs   []string
+	// SigningDuration is the validity of what its CSR signers issue (a
+	// kubelet's client certificate): hakube's own leaves' validity.
+	SigningDuration time.Duration
+	ExtraArgs       []string
 }
 
 // ControllerManager is the kube-controller-manager component.
@@ -59,6 +62,7 @@ func (c *ControllerManager) args() []string {
 		"--cluster-signing-kubelet-serving-key-file=" + t.Key(pki.ServerCA),
 		"--cluster-signing-legacy-unknown-cert-file=" + t.Cert(pki.ServerCA),
 		"--cluster-signing-legacy-unknown-key-file=" + t.Key(pki.ServerCA),
+		"--cluster-signing-duration=" + c.cfg.SigningDuration.String(),
 		"--configure-cloud-routes=false",
 		"--controllers=*,token-cleaner-controller",
 		"--leader-elect=true",

@@ -38,6 +38,8 @@ type Client struct {
 	Token   token.Token
 	trusted *http.Client
 	CA      []byte
+	// cert, when set, authenticates instead of the token (NewNodeClient).
+	cert *tls.Certificate
 }
 
 // NewClient validates the server URL.
@@ -56,6 +58,18 @@ func NewVerifiedClient(serverURL string, tok token.Token, ca []byte) (*Client, e
 	if err != nil {
 		return nil, err
 	}
+	return c, c.trust(ca)
+}
+
+// NewNodeClient is a client of the server at serverURL that trusts ca and
+// authenticates with cert, a node's kubelet client certificate: a node that
+// joined needs no token to ask for its own credentials again.
+func NewNodeClient(serverURL string, ca []byte, cert tls.Certificate) (*Client, error) {
+	c, err := NewClient(serverURL, token.Token{})
+	if err != nil {
+		return nil, err
+	}
+	c.cert = &cert
 	return c, c.trust(ca)
 }
 
@@ -111,9 +125,11 @@ func (c *Client) trust(ca []byte) error {
 		return err
 	}
 	c.CA = ca
-	c.trusted = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-	}}
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if c.cert != nil {
+		cfg.Certificates = []tls.Certificate{*c.cert}
+	}
+	c.trusted = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 	return nil
 }
 
@@ -161,7 +177,9 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 	if err != nil {
 		return err
 	}
-	req.SetBasicAuth(token.ServerUser, c.Token.Secret)
+	if c.cert == nil {
+		req.SetBasicAuth(token.ServerUser, c.Token.Secret)
+	}
 	resp, err := c.trusted.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %s %s%s: %v", ErrUnavailable, method, c.URL, path, err)
@@ -174,9 +192,15 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusUnauthorized:
-		return fmt.Errorf("the server at %s refused the token", c.URL)
+		if c.cert != nil {
+			return fmt.Errorf("the server at %s refused this node's certificate: %s", c.URL, strings.TrimSpace(string(answer)))
+		}
+		return fmt.Errorf("the server at %s refused the token (if the cluster's token was rotated, give the new one: "+
+			"it is in <data-dir>/server/token on a server)", c.URL)
 	case http.StatusConflict:
 		return fmt.Errorf("%w: %s", ErrNameTaken, strings.TrimSpace(string(answer)))
+	case http.StatusForbidden:
+		return fmt.Errorf("the server at %s refused: %s", c.URL, strings.TrimSpace(string(answer)))
 	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return fmt.Errorf("%w: %s %s%s: %s: %s", ErrUnavailable, method, c.URL, path, resp.Status, strings.TrimSpace(string(answer)))
 	default:

@@ -20,6 +20,13 @@
 // it gets a node its credentials, and is refused the bootstrap data and the
 // members. For a short token the server sends a proof for each token it
 // takes, so a joiner holding either can check the CA.
+//
+// A node that joined before asks for its credentials again (at each start,
+// and to renew them) over TLS verified against the CA it keeps, presenting
+// its kubelet client certificate instead of a token, for its own name only.
+// A rotated token ('hakube token rotate') therefore stops new joins and
+// leaves the nodes that joined working. A node whose certificate expired
+// (it was off for its whole life) joins with the token again.
 package join
 
 import (
@@ -88,6 +95,13 @@ type NodeCredentials struct {
 	NetworkCert string      `json:"networkCert"`
 	Cluster     NodeCluster `json:"cluster"`
 }
+
+// A kubelet's client certificate is user NodeUserPrefix+<name> in group
+// NodesGroup, as the Node authorizer wants it.
+const (
+	NodeUserPrefix = "system:node:"
+	NodesGroup     = "system:nodes"
+)
 
 // NetworkUser is the pod network's identity (flannel), bound to its role by
 // the server's RBAC manifest.

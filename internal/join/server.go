@@ -10,6 +10,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,12 +23,13 @@ import (
 
 // Server answers joiners. Its handlers go on the supervisor's mux.
 type Server struct {
-	Token    token.Token
-	CAFile   string
-	proofKey []byte
+	CAFile string
+	// server is the cluster's token (SetToken), which 'hakube token rotate'
+	// replaces while the server runs.
+	server atomic.Pointer[secretKey]
 	// agent is the cluster's agent token, once known (SetAgentSecret):
 	// it gets a node its credentials and nothing else.
-	agent atomic.Pointer[agentSecret]
+	agent atomic.Pointer[secretKey]
 	// Bootstrap returns the cluster's bootstrap data as stored in the datastore.
 	Bootstrap func(ctx context.Context) (bootstrap.Data, error)
 	// Members lists the datastore's members; nil when the datastore has none.
@@ -36,23 +39,28 @@ type Server struct {
 	Node func(ctx context.Context, req NodeRequest) (NodeCredentials, error)
 }
 
-type agentSecret struct {
+type secretKey struct {
 	secret   string
 	proofKey []byte
 }
 
-// SetAgentSecret makes the server take secret, the cluster's agent token,
-// for node credentials (never for bootstrap data or members).
-func (s *Server) SetAgentSecret(secret string) {
-	if cur := s.agent.Load(); cur != nil && cur.secret == secret {
+func set(p *atomic.Pointer[secretKey], secret string) {
+	if cur := p.Load(); cur != nil && cur.secret == secret {
 		return
 	}
-	s.agent.Store(&agentSecret{secret: secret, proofKey: ProofKey(secret)})
+	p.Store(&secretKey{secret: secret, proofKey: ProofKey(secret)})
 }
+
+// SetToken makes the server take secret, the cluster's token, and no
+// other: it is called before Register, and again when the token is rotated.
+func (s *Server) SetToken(secret string) { set(&s.server, secret) }
+
+// SetAgentSecret makes the server take secret, the cluster's agent token,
+// for node credentials (never for bootstrap data or members).
+func (s *Server) SetAgentSecret(secret string) { set(&s.agent, secret) }
 
 // Register adds the join endpoints to mux.
 func (s *Server) Register(handle func(pattern string, h http.Handler)) {
-	s.proofKey = ProofKey(s.Token.Secret)
 	handle("GET "+CACertsPath, http.HandlerFunc(s.caCerts))
 	handle("GET "+BootstrapPath, s.authenticated(false, s.bootstrap))
 	handle("GET "+MembersPath, s.authenticated(false, s.members))
@@ -72,7 +80,7 @@ func (s *Server) caCerts(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// A proof for each token: a joiner holding either can check it.
-		w.Header().Add(ProofHeader, Proof(s.proofKey, nonce, ca))
+		w.Header().Add(ProofHeader, Proof(s.server.Load().proofKey, nonce, ca))
 		if a := s.agent.Load(); a != nil {
 			w.Header().Add(ProofHeader, Proof(a.proofKey, nonce, ca))
 		}
@@ -82,11 +90,18 @@ func (s *Server) caCerts(w http.ResponseWriter, r *http.Request) {
 }
 
 // authenticated requires HTTP basic auth with the token's user and secret:
-// the server token's, or the agent token's where agents are allowed.
-func (s *Server) authenticated(agents bool, next http.HandlerFunc) http.Handler {
+// the server token's, or the agent token's where agents are allowed. There a
+// node may instead present its kubelet client certificate (system:node:<name>,
+// verified by the supervisor against the client CA), so a node that joined
+// keeps renewing after the token is rotated; it may only ask for its own name.
+func (s *Server) authenticated(agents bool, next func(w http.ResponseWriter, r *http.Request, certNode string)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if node := verifiedNode(r); agents && node != "" {
+			next(w, r, node)
+			return
+		}
 		user, pass, ok := r.BasicAuth()
-		valid := ok && user == token.ServerUser && subtle.ConstantTimeCompare([]byte(pass), []byte(s.Token.Secret)) == 1
+		valid := ok && user == token.ServerUser && subtle.ConstantTimeCompare([]byte(pass), []byte(s.server.Load().secret)) == 1
 		if a := s.agent.Load(); agents && a != nil && ok && user == token.ServerUser {
 			valid = valid || subtle.ConstantTimeCompare([]byte(pass), []byte(a.secret)) == 1
 		}
@@ -97,11 +112,25 @@ func (s *Server) authenticated(agents bool, next http.HandlerFunc) http.Handler 
 			http.Error(w, "unauthorized: wrong or missing token", http.StatusUnauthorized)
 			return
 		}
-		next(w, r)
+		next(w, r, "")
 	})
 }
 
-func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
+// verifiedNode is the node name of the kubelet client certificate the
+// request's TLS connection verified, or "".
+func verifiedNode(r *http.Request) string {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return ""
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	name, ok := strings.CutPrefix(leaf.Subject.CommonName, NodeUserPrefix)
+	if !ok || name == "" || !slices.Contains(leaf.Subject.Organization, NodesGroup) {
+		return ""
+	}
+	return name
+}
+
+func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request, _ string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	data, err := s.Bootstrap(ctx)
@@ -117,7 +146,7 @@ func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, data)
 }
 
-func (s *Server) members(w http.ResponseWriter, r *http.Request) {
+func (s *Server) members(w http.ResponseWriter, r *http.Request, _ string) {
 	if s.Members == nil {
 		writeJSON(w, []Member{})
 		return
@@ -132,10 +161,15 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, ms)
 }
 
-func (s *Server) node(w http.ResponseWriter, r *http.Request) {
+func (s *Server) node(w http.ResponseWriter, r *http.Request, certNode string) {
 	var req NodeRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 		http.Error(w, "malformed node request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if certNode != "" && req.Name != certNode {
+		klog.Warningf("join: refused node %q from %s: it presented the certificate of node %q", req.Name, r.RemoteAddr, certNode)
+		http.Error(w, fmt.Sprintf("the certificate presented is node %s's: a node renews its own credentials only", certNode), http.StatusForbidden)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)

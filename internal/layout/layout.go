@@ -46,6 +46,11 @@ func (l Layout) Manifests() string { return filepath.Join(l.ServerDir(), "manife
 // Token is the server's copy of the cluster token, with the CA hash.
 func (l Layout) Token() string { return filepath.Join(l.ServerDir(), "token") }
 
+// ReplacedTokens lists the hashes of the tokens 'hakube token rotate'
+// replaced, one per line: a server started with one of them (an old
+// --token in its configuration) takes the current one from Token.
+func (l Layout) ReplacedTokens() string { return filepath.Join(l.ServerDir(), "token-replaced") }
+
 // AgentToken is the cluster's agent token, pinned to its CA, when it has one
 // (--agent-token): what agents join with.
 func (l Layout) AgentToken() string { return filepath.Join(l.ServerDir(), "agent-token") }
@@ -134,6 +139,10 @@ func (l Layout) PodLogs() string { return filepath.Join(l.AgentDir(), "logs", "p
 
 // Images holds image tarballs imported, and pinned, when the node starts.
 func (l Layout) Images() string { return filepath.Join(l.AgentDir(), "images") }
+
+// KubeletCerts is where the kubelet keeps the client certificates it gets
+// through the CSR API (kubelet-client-current.pem).
+func (l Layout) KubeletCerts() string { return filepath.Join(l.AgentDir(), "kubelet", "pki") }
 
 // KubeletConfig is the kubelet configuration file hakube generates.
 func (l Layout) KubeletConfig() string { return filepath.Join(l.AgentDir(), "etc", "kubelet.yaml") }

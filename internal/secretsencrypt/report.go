@@ -31,7 +31,10 @@ const (
 type Report struct {
 	Server string `json:"server"`
 	// Loaded is the Hash of the configuration its apiserver runs with.
-	Loaded  string    `json:"loaded"`
+	Loaded string `json:"loaded"`
+	// Token is the datastore key of the bootstrap data of the token the
+	// server holds ('hakube token rotate' waits on it); not a secret.
+	Token   string    `json:"token,omitempty"`
 	Updated time.Time `json:"updated"`
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,11 +25,11 @@ import (
 // material in the datastore (creating it for a new cluster), checks the token
 // against it, and then mints this server's own certificates.
 type clusterBootstrap struct {
-	ds        datastore.Datastore
-	tlsDir    pki.Dir
-	tok       token.Token
-	tokenPath string
-	critical  bootstrap.Critical
+	ds       datastore.Datastore
+	tlsDir   pki.Dir
+	tok      token.Token
+	token    serverToken
+	critical bootstrap.Critical
 	// encryptionConfig is where the apiserver's EncryptionConfiguration goes.
 	encryptionConfig string
 	// encryptionOnCreate: a new cluster encrypts Secrets from the start.
@@ -67,7 +66,13 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	if err := secretsencrypt.WriteReport(ctx, cli, secretsencrypt.Report{Server: b.server, Updated: time.Now().UTC()}); err != nil {
 		return fmt.Errorf("reporting this server's start: %w", err)
 	}
-	data, found, err := bootstrap.Load(ctx, cli, b.tok.Secret)
+	data, current, found, err := bootstrap.Load(ctx, cli, b.tok.Secret)
+	if errors.Is(err, bootstrap.ErrOtherToken) {
+		if stored, _ := storedToken(b.token.layout); stored != nil && stored.Secret != b.tok.Secret {
+			return fmt.Errorf("the token given differs from the one this server was created with (stored in %s), and the cluster does not take it: "+
+				"start it with that token, or with none", b.token.layout.Token())
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -76,6 +81,7 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		current = b.tok.Secret
 	}
 	// The datastore kind is what this server runs on: after a migration the
 	// record still names the old kind, so it is updated rather than compared.
@@ -115,9 +121,11 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 		return errors.New("the token's CA hash does not match this cluster's server CA; " +
 			"the token belongs to another cluster, or was mistyped")
 	}
-	if err := fsutil.WriteFile(b.tokenPath, []byte(b.tok.WithCA(ca).String()+"\n"), 0o600); err != nil {
+	// A token replaced while this server was stopped gives way to the new one.
+	if err := b.token.adopt(b.tok.Secret, current); err != nil {
 		return err
 	}
+	b.tok.Secret = current
 	if b.agentCAHash != "" && b.agentCAHash != token.HashCA(ca) {
 		return errors.New("the --agent-token's CA hash does not match this cluster's server CA; it belongs to another cluster, or was mistyped")
 	}
@@ -186,7 +194,7 @@ func (b *clusterBootstrap) create(ctx context.Context, cli clientv3.KV) (bootstr
 		klog.Infof("stored the cluster's bootstrap data in the datastore")
 		return data, nil
 	}
-	data, _, err = bootstrap.Load(ctx, cli, b.tok.Secret)
+	data, _, _, err = bootstrap.Load(ctx, cli, b.tok.Secret)
 	return data, err
 }
 
@@ -219,42 +227,6 @@ func resolveAgentToken(c Config) (token.Token, error) {
 	t, err := token.Parse(given)
 	if err != nil {
 		return token.Token{}, fmt.Errorf("malformed --agent-token: %w", err)
-	}
-	return t, nil
-}
-
-// resolveToken picks the token: the one given, else the one stored in the data
-// dir, else a new random one. A given token must match the stored one.
-func resolveToken(c Config) (token.Token, error) {
-	given, err := token.Given(c.Token, c.TokenFile, "token")
-	if err != nil {
-		return token.Token{}, err
-	}
-	var stored *token.Token
-	path := c.layout().Token()
-	if b, err := os.ReadFile(path); err == nil {
-		t, err := token.Parse(string(b))
-		if err != nil {
-			return token.Token{}, fmt.Errorf("the token stored in %s is malformed (%v); restore it or remove it and pass --token", path, err)
-		}
-		stored = &t
-	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
-		// ENOTDIR: the data dir is unusable, which its own check reports clearly.
-		return token.Token{}, err
-	}
-	if given == "" {
-		if stored != nil {
-			return *stored, nil
-		}
-		return token.Random(), nil
-	}
-	t, err := token.Parse(given)
-	if err != nil {
-		return token.Token{}, fmt.Errorf("malformed token: %w", err)
-	}
-	if stored != nil && stored.Secret != t.Secret {
-		return token.Token{}, fmt.Errorf("the token given differs from the one this server was created with (stored in %s); "+
-			"start it with that token, or with none", path)
 	}
 	return t, nil
 }

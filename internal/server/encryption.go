@@ -20,9 +20,12 @@ import (
 // cluster's keys while it runs, and reports which configuration its
 // apiserver has loaded: 'hakube secrets-encrypt rotate-keys' changes the keys
 // in the bootstrap data and moves on when every server reports the change.
+// It follows the bootstrap data to a rotated token too, and reports the
+// token it holds, which 'hakube token rotate' waits on.
 type encryptionKeys struct {
 	ds     datastore.Datastore
 	secret string
+	token  serverToken
 	server string
 	path   string
 	// forgetOthers drops the other servers' reports first: after a reset
@@ -47,6 +50,14 @@ func (e *encryptionKeys) Name() string { return "secrets encryption keys" }
 func (e *encryptionKeys) Init(context.Context) error { return nil }
 
 func (e *encryptionKeys) Start(ctx context.Context) error {
+	// The cluster bootstrap wrote the cluster's current token.
+	held, err := storedToken(e.token.layout)
+	if err != nil {
+		return err
+	} else if held == nil {
+		return errors.New("no token in " + e.token.layout.Token())
+	}
+	e.secret = held.Secret
 	cli, err := datastore.Client(e.ds.Endpoint())
 	if err != nil {
 		return err
@@ -74,9 +85,9 @@ func (e *encryptionKeys) Start(ctx context.Context) error {
 
 // tracker is what the loop remembers between ticks.
 type tracker struct {
-	rev                 int64
-	reported            string
-	reportedAt, wroteAt time.Time
+	rev                     int64
+	reported, reportedToken string
+	reportedAt, wroteAt     time.Time
 }
 
 func (e *encryptionKeys) loop(ctx context.Context, kv clientv3.KV, tr *tracker) {
@@ -103,22 +114,24 @@ func (e *encryptionKeys) tick(ctx context.Context, kv clientv3.KV, tr *tracker) 
 		klog.Warningf("secrets encryption: reading the cluster's keys: %v", err)
 	}
 	// Gathering the apiserver's metrics is not free: every tick only while a
-	// new file waits to be loaded, else when a report is due.
-	if time.Since(tr.reportedAt) < secretsencrypt.ReportEvery && time.Since(tr.wroteAt) >= time.Minute {
+	// new file waits to be loaded, else when a report is due or the token
+	// changed.
+	held := bootstrap.Key(e.secret)
+	if time.Since(tr.reportedAt) < secretsencrypt.ReportEvery && time.Since(tr.wroteAt) >= time.Minute && held == tr.reportedToken {
 		return
 	}
 	loaded := loadedConfig()
-	if loaded == "" || (loaded == tr.reported && time.Since(tr.reportedAt) < secretsencrypt.ReportEvery) {
+	if loaded == "" || (loaded == tr.reported && held == tr.reportedToken && time.Since(tr.reportedAt) < secretsencrypt.ReportEvery) {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := secretsencrypt.WriteReport(rctx, kv, secretsencrypt.Report{Server: e.server, Loaded: loaded, Updated: time.Now().UTC()})
+	err := secretsencrypt.WriteReport(rctx, kv, secretsencrypt.Report{Server: e.server, Loaded: loaded, Token: held, Updated: time.Now().UTC()})
 	cancel()
 	if err == nil {
 		if loaded != tr.reported {
 			klog.Infof("secrets encryption: the apiserver runs with configuration %s", loaded)
 		}
-		tr.reported, tr.reportedAt = loaded, time.Now()
+		tr.reported, tr.reportedToken, tr.reportedAt = loaded, held, time.Now()
 	} else if ctx.Err() == nil {
 		klog.Warningf("secrets encryption: reporting this server's configuration: %v", err)
 	}
@@ -159,6 +172,15 @@ func (e *encryptionKeys) sync(ctx context.Context, kv clientv3.KV, rev int64) (i
 	data, err := bootstrap.Decrypt(e.secret, resp.Kvs[0].Value)
 	if err != nil {
 		return rev, false, err
+	}
+	if data.ReplacedBy != "" {
+		// 'hakube token rotate' ran: follow it, and read on under the new
+		// token at the next tick.
+		if err := e.token.adopt(e.secret, data.ReplacedBy); err != nil {
+			return rev, false, err
+		}
+		e.secret = data.ReplacedBy
+		return 0, false, nil
 	}
 	changed, err := writeEncryptionConfig(e.path, data.Encryption)
 	if err != nil {

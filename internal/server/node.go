@@ -106,7 +106,7 @@ func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.Node
 	if err != nil {
 		return creds, err
 	}
-	client, err := clientCA.Sign(pki.Leaf{CommonName: "system:node:" + req.Name, Organization: []string{"system:nodes"}, Usage: pki.ClientAuth}, clientPub)
+	client, err := clientCA.Sign(pki.Leaf{CommonName: join.NodeUserPrefix + req.Name, Organization: []string{join.NodesGroup}, Usage: pki.ClientAuth}, clientPub)
 	if err != nil {
 		return creds, err
 	}

@@ -134,19 +134,17 @@ func restoreSource(cfg Config) (string, error) {
 	return store.Download(ctx, cfg.ClusterResetRestorePath, dir)
 }
 
-// snapshotBootstrap reads the cluster's bootstrap data from a staged snapshot.
+// snapshotBootstrap reads the cluster's bootstrap data from a staged
+// snapshot: under tok, or under the token that replaced it before the
+// snapshot was taken.
 func snapshotBootstrap(get func(string) ([]byte, bool, error), tok token.Token) (bootstrap.Data, error) {
-	blob, found, err := get(bootstrap.Key(tok.Secret))
+	data, _, found, err := bootstrap.Follow(get, tok.Secret)
 	if err != nil {
-		return bootstrap.Data{}, fmt.Errorf("reading the snapshot's bootstrap data: %w", err)
+		return bootstrap.Data{}, fmt.Errorf("the snapshot's bootstrap data: %w", err)
 	}
 	if !found {
 		return bootstrap.Data{}, errors.New("the snapshot holds no bootstrap data for this token: it was taken of a cluster with another token. " +
 			"Pass that cluster's token (--token, --token-file, HAKUBE_TOKEN or K3S_TOKEN)")
-	}
-	data, err := bootstrap.Decrypt(tok.Secret, blob)
-	if err != nil {
-		return bootstrap.Data{}, fmt.Errorf("the snapshot's bootstrap data: %w", err)
 	}
 	if ca := data.Files[pki.ServerCA+".crt"]; tok.CAHash != "" && tok.CAHash != token.HashCA(ca) {
 		return bootstrap.Data{}, errors.New("the token's CA hash does not match the snapshot's server CA: the token belongs to another cluster")

@@ -77,7 +77,6 @@ func Run(ctx context.Context, cfg Config) error {
 		ds:               ds,
 		tlsDir:           tlsDir,
 		tok:              id.Token,
-		tokenPath:        l.Token(),
 		critical:         critical,
 		encryptionConfig: l.EncryptionConfig(), encryptionOnCreate: cfg.SecretsEncryption, server: id.Name,
 		agentSecret: agentTok.Secret, agentCAHash: agentTok.CAHash, agentTokenPath: l.AgentToken(),
@@ -120,21 +119,21 @@ func Run(ctx context.Context, cfg Config) error {
 	api := controlplane.NewAPIServer(apiCfg)
 	kcm := controlplane.NewControllerManager(controlplane.ControllerManagerConfig{
 		TLSDir: tlsDir, Kubeconfig: l.Kubeconfig("controller"),
-		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ExtraArgs: flagArgs(cfg.KubeControllerManagerArgs),
+		ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, SigningDuration: lt.Validity, ExtraArgs: flagArgs(cfg.KubeControllerManagerArgs),
 	})
 	sched := controlplane.NewScheduler(controlplane.SchedulerConfig{
 		Kubeconfig: l.Kubeconfig("scheduler"), ExtraArgs: flagArgs(cfg.KubeSchedulerArgs),
 	})
 
 	joinSrv := &join.Server{
-		Token: id.Token, CAFile: tlsDir.Cert(pki.ServerCA),
+		CAFile: tlsDir.Cert(pki.ServerCA),
 		Bootstrap: func(ctx context.Context) (bootstrap.Data, error) {
 			cli, err := datastore.Client(ds.Endpoint())
 			if err != nil {
 				return bootstrap.Data{}, err
 			}
 			defer cli.Close()
-			d, _, err := bootstrap.Load(ctx, cli, id.Token.Secret)
+			d, _, _, err := bootstrap.Load(ctx, cli, id.Token.Secret)
 			return d, err
 		},
 	}
@@ -150,8 +149,10 @@ func Run(ctx context.Context, cfg Config) error {
 	joinSrv.Node = (&nodeIssuer{tls: tlsDir, kubeconfig: l.Kubeconfig("admin"), clusterDomain: cfg.ClusterDomain, serviceNet: serviceNet,
 		cluster: join.NodeCluster{ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain},
 		sans:    cfg.TLSSANs, self: id.Name, selfIP: id.IP}).issue
+	joinSrv.SetToken(id.Token.Secret)
 	joinSrv.Register(sup.Handle)
-	boot.onAgentSecret = joinSrv.SetAgentSecret
+	held := serverToken{layout: l, join: joinSrv}
+	boot.token, boot.onAgentSecret = held, joinSrv.SetAgentSecret
 
 	dirs := []string{l.ServerDir()}
 	if !cfg.DisableAgent {
@@ -186,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, renewer, sup, api, kcm, sched,
-		&encryptionKeys{ds: ds, secret: id.Token.Secret, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
+		&encryptionKeys{ds: ds, token: held, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
 		step("built-in manifests", func(context.Context) error { return writeBuiltinManifests(l.Manifests(), cfg) }),
 		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
 	if ds.Kind().Clustered() {

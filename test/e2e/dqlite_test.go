@@ -72,8 +72,10 @@ func TestDqliteHACluster(t *testing.T) {
 	c.waitVoters(s1, 3)
 	c.CheckSameConfigMaps(t, "default")
 
-	// A member removed with 'hakube etcd member remove' stops, and rejoins
-	// with --server (its old data moved aside).
+	// The token rotated; then a member removed with 'hakube etcd member
+	// remove' stops, and rejoins with --server (its old data moved aside)
+	// and the new token.
+	tokenRotation(t, c, fig)
 	removeAndRejoin("dqlite", 100)(t, c, fig)
 	c.CheckSameConfigMaps(t, "default")
 

@@ -157,6 +157,7 @@ func TestHACluster(t *testing.T) {
 	}{
 		{"leader killed, writes go on", leaderFailover},
 		{"wrong token and rogue server are refused", refusedJoins},
+		{"token rotated", tokenRotation},
 		{"removed member rejoins", removeAndRejoin("etcd", 200)},
 		{"cold restart in reverse order", coldRestart},
 		{"quorum lost: reset, rejoin, restore on a fresh machine", quorumLoss("etcd", 4, true)},

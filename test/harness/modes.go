@@ -21,8 +21,12 @@ func secretFile(path string) bool {
 	if strings.Contains(path, "/server/db/") && (strings.HasSuffix(base, ".db") || strings.Contains(base, ".db-")) {
 		return true
 	}
+	// The kubelet's client certificates from the CSR API hold their key.
+	if strings.HasPrefix(base, "kubelet-client-") && strings.HasSuffix(base, ".pem") {
+		return true
+	}
 	switch base {
-	case "token", "node-password", "kubelet.yaml", "encryption-config.json":
+	case "token", "token-replaced", "agent-token", "node-password", "kubelet.yaml", "encryption-config.json":
 		return true
 	}
 	return strings.Contains(path, "/cred/")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/test/harness"
 )
 
@@ -138,6 +139,40 @@ func TestCertificateRotateBadInput(t *testing.T) {
 	out, code := harness.RunHakube(t, []string{"HAKUBE_CERT_VALIDITY=10s"}, "server", "--data-dir", filepath.Join(empty, "data"))
 	if code == 0 || !strings.Contains(out, `HAKUBE_CERT_VALIDITY="10s": give a duration of at least 1m0s`) || exists(filepath.Join(empty, "data")) {
 		t.Fatalf("a 10s validity: exit %d\n%s", code, out)
+	}
+}
+
+// TestTokenRotateBadInput: 'token rotate' names what is wrong and writes
+// nothing. (With a server, the e2e tests check the rest.)
+func TestTokenRotateBadInput(t *testing.T) {
+	empty := t.TempDir()
+	withCA := t.TempDir()
+	tlsDir := layout.New(withCA).TLS()
+	if err := tlsDir.EnsureCAs(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(filepath.Join(withCA, "server"))
+	for _, c := range []struct {
+		dir  string
+		args []string
+		want string
+	}{
+		{empty, nil, "--new-token is required"},
+		{empty, []string{"--new-token", "two words"}, "malformed --new-token"},
+		{empty, []string{"--new-token", "new-secret"}, "is --data-dir a server's data directory?"},
+		{withCA, []string{"--new-token", "K10" + strings.Repeat("0", 64) + "::server:new-secret"}, "--new-token's CA hash is not this cluster's"},
+		{withCA, []string{"--new-token", "new-secret"}, "reading this server's token"},
+	} {
+		out, code := harness.RunHakube(t, nil, append([]string{"token", "rotate", "--data-dir", c.dir}, c.args...)...)
+		if code == 0 || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, want a failure saying %q:\n%s", c.args, code, c.want, out)
+		}
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Fatalf("a failed rotate wrote %v", entries)
+	}
+	if after, _ := os.ReadDir(filepath.Join(withCA, "server")); len(after) != len(before) {
+		t.Fatalf("a failed rotate wrote into %s: %v", withCA, after)
 	}
 }
 

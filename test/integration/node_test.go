@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/hakube/hakube/internal/controlplane"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/token"
@@ -35,7 +37,7 @@ func TestNodeCredentials(t *testing.T) {
 	s.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	tok := readToken(t, s.Layout().Token())
+	tok := harness.ReadToken(t, s.Layout().Token())
 	client := nodeClient(t, s, tok)
 
 	clientKey, servingKey, proxyKey, networkKey := newKey(t), newKey(t), newKey(t), newKey(t)
@@ -147,20 +149,57 @@ func TestNodeCredentials(t *testing.T) {
 	if _, err := nodeClient(t, s, wrong).Node(ctx, req); err == nil || !strings.Contains(err.Error(), "refused the token") {
 		t.Fatalf("a wrong token: want refused, got %v", err)
 	}
+
+	rotatedNodeCredentials(t, s, tok, req, creds, clientKey)
 }
 
-// readToken parses the token file a server wrote.
-func readToken(t *testing.T, path string) token.Token {
+// rotatedNodeCredentials: after 'hakube token rotate' on a single SQLite
+// server, the old token is refused and the new one works; a node that
+// joined asks again with its kubelet client certificate and no token, for
+// its own name only; a client certificate that is not a node's is no token.
+func rotatedNodeCredentials(t *testing.T, s *harness.Server, old token.Token, req join.NodeRequest, creds join.NodeCredentials, key crypto.Signer) {
 	t.Helper()
-	raw, err := os.ReadFile(path)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, code := s.Hakube("token", "rotate", "--new-token", "integration-rotated-secret")
+	if code != 0 || !strings.Contains(out, "servers that took the new token: ") || strings.Contains(out, "new token: none") {
+		t.Fatalf("token rotate: exit %d\n%s", code, out)
+	}
+	if _, err := nodeClient(t, s, old).Node(ctx, req); err == nil || !strings.Contains(err.Error(), "refused the token") {
+		t.Fatalf("the old token after the rotation: want refused, got %v", err)
+	}
+	rotated := harness.ReadToken(t, s.Layout().Token())
+	if rotated.Secret != "integration-rotated-secret" || rotated.CAHash != old.CAHash {
+		t.Fatalf("the token file after the rotation: %s", rotated)
+	}
+	if _, err := nodeClient(t, s, rotated).Node(ctx, req); err != nil {
+		t.Fatalf("the new token: %v", err)
+	}
+
+	certClient := func(cert *x509.Certificate, key crypto.Signer) *join.Client {
+		cl, err := join.NewNodeClient(s.URL(), []byte(creds.ServerCA), tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cl
+	}
+	nodeCert, err := pki.ParseCert([]byte(creds.ClientCert))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := token.Parse(string(raw))
-	if err != nil {
-		t.Fatal(err)
+	if _, err := certClient(nodeCert, key).Node(ctx, req); err != nil {
+		t.Fatalf("the node with its certificate: %v", err)
 	}
-	return tok
+	other := req
+	other.Name = "agent-4"
+	if _, err := certClient(nodeCert, key).Node(ctx, other); err == nil || !strings.Contains(err.Error(), "renews its own credentials only") {
+		t.Fatalf("agent-1's certificate asking for agent-4: want refused, got %v", err)
+	}
+	admin := harness.ReadCert(t, s.Layout().TLS().Cert(controlplane.AdminCert))
+	adminKey := harness.ReadKey(t, s.Layout().TLS().Key(controlplane.AdminCert))
+	if _, err := certClient(admin, adminKey).Node(ctx, req); err == nil || !strings.Contains(err.Error(), "refused this node's certificate") {
+		t.Fatalf("the admin certificate asking for node credentials: want refused, got %v", err)
+	}
 }
 
 func nodeClient(t *testing.T, s *harness.Server, tok token.Token) *join.Client {
@@ -238,7 +277,7 @@ func TestAgentToken(t *testing.T) {
 	s.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	full := readToken(t, s.Layout().AgentToken())
+	full := harness.ReadToken(t, s.Layout().AgentToken())
 	serverCA, _ := os.ReadFile(s.Layout().TLS().Cert(pki.ServerCA))
 	if full.User != token.NodeUser || full.Secret != "agent-secret-1" || full.CAHash != token.HashCA(serverCA) {
 		t.Fatalf("agent token file: %s", full)
@@ -258,7 +297,7 @@ func TestAgentToken(t *testing.T) {
 			t.Fatalf("%s: members with the agent token: want refused, got %v", tok, err)
 		}
 	}
-	if d, err := nodeClient(t, s, readToken(t, s.Layout().Token())).Bootstrap(ctx); err != nil || d.AgentSecret != "agent-secret-1" {
+	if d, err := nodeClient(t, s, harness.ReadToken(t, s.Layout().Token())).Bootstrap(ctx); err != nil || d.AgentSecret != "agent-secret-1" {
 		t.Fatalf("bootstrap data with the server token: %v", err)
 	}
 

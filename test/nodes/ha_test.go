@@ -2,17 +2,23 @@ package nodes
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/hakube/hakube/internal/agent/credentials"
 
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/test/harness"
@@ -217,6 +223,7 @@ func renewedInPlace(t *testing.T, nw *harness.Network, c *harness.Cluster, a *ha
 	// admin certificate.
 	cs := s2.Client()
 	waitFor(t, time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
+	kubeletRotatedClient(t, cs, a)
 	p := webPod("after-expiry", "", nil)
 	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -264,4 +271,39 @@ func renewedInPlace(t *testing.T, nw *harness.Network, c *harness.Cluster, a *ha
 
 	s1.Start()
 	c.WaitVoters(t, s2, 3)
+}
+
+// kubeletRotatedClient: agent-1's kubelet renewed its client certificate
+// through the CSR API, with a key of its own, and its request was approved
+// and signed by the controller-manager. (It is Ready past its first
+// certificate's expiry: the kubelet reads no other client certificate.)
+func kubeletRotatedClient(t *testing.T, cs kubernetes.Interface, a *harness.Agent) {
+	t.Helper()
+	csrs, err := cs.CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := 0
+	for _, csr := range csrs.Items {
+		if csr.Spec.Username != "system:node:agent-1" || csr.Spec.SignerName != certificatesv1.KubeAPIServerClientKubeletSignerName {
+			continue
+		}
+		for _, c := range csr.Status.Conditions {
+			if c.Type == certificatesv1.CertificateApproved && len(csr.Status.Certificate) > 0 {
+				issued++
+			}
+		}
+	}
+	if issued == 0 {
+		t.Fatalf("no kubelet client CSR of agent-1 was approved and issued (of %d CSRs)", len(csrs.Items))
+	}
+	cert := harness.ReadCert(t, filepath.Join(a.Layout().KubeletCerts(), "kubelet-client-current.pem"))
+	key := harness.ReadKey(t, a.Layout().AgentTLS().Key(credentials.KubeletClient))
+	if pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || pub.Equal(key.Public()) || cert.Subject.CommonName != "system:node:agent-1" {
+		t.Fatalf("the kubelet's current client certificate is %s, for the key it joined with: %v", cert.Subject, ok)
+	}
+	if life, want := cert.NotAfter.Sub(cert.NotBefore), 2*time.Minute; life > want+10*time.Minute {
+		t.Errorf("the kubelet's client certificate from the CSR API lives %s; HAKUBE_CERT_VALIDITY is %s", life, want)
+	}
+	t.Logf("agent-1's kubelet renewed its client certificate through the CSR API (%d issued), valid until %s", issued, cert.NotAfter.Format(time.RFC3339))
 }

@@ -2,13 +2,15 @@
 // server's CA against the token before it trusts it or sends anything, then
 // sends public keys only and receives certificates (the kubelet's client and
 // serving certificates, kube-proxy's and the pod network's). The keys and the
-// node password never leave the node.
+// node password never leave the node. Once it holds a valid kubelet client
+// certificate, a node asks with it instead of the token (see package join).
 package credentials
 
 import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -81,8 +83,7 @@ func New(cfg Config) *Credentials { return &Credentials{cfg: cfg} }
 func (c *Credentials) Name() string { return "node credentials" }
 
 func (c *Credentials) Init(context.Context) error {
-	var err error
-	c.client, err = join.NewClient(c.cfg.Server, c.cfg.Token)
+	_, err := join.NewClient(c.cfg.Server, c.cfg.Token)
 	return err
 }
 
@@ -95,12 +96,22 @@ func (c *Credentials) Start(ctx context.Context) error {
 	}
 	tlsDir := c.cfg.Layout.AgentTLS()
 	w := c.newWait()
-	for !w.done(ctx, c.client.VerifyCA(ctx)) {
+	if c.client, err = c.certClient(c.cfg.Server); err != nil {
+		return err
 	}
-	if w.err != nil {
-		return w.err
+	if c.client != nil {
+		klog.Infof("node: asking %s for its certificates with its kubelet client certificate", c.cfg.Server)
+	} else {
+		if c.client, err = join.NewClient(c.cfg.Server, c.cfg.Token); err != nil {
+			return err
+		}
+		for !w.done(ctx, c.client.VerifyCA(ctx)) {
+		}
+		if w.err != nil {
+			return w.err
+		}
+		klog.Infof("node: the CA of %s is verified against the token", c.cfg.Server)
 	}
-	klog.Infof("node: the CA of %s is verified against the token", c.cfg.Server)
 	if err := os.MkdirAll(string(tlsDir), 0o700); err != nil {
 		return err
 	}
@@ -231,13 +242,18 @@ func (c *Credentials) renewalDue(lt pki.Lifetimes) string {
 }
 
 func (c *Credentials) renew(ctx context.Context) error {
-	ca, err := os.ReadFile(c.cfg.Layout.AgentTLS().Cert(pki.ServerCA))
+	cl, err := c.certClient(c.cfg.APIServer)
 	if err != nil {
 		return err
 	}
-	cl, err := join.NewVerifiedClient(c.cfg.APIServer, c.cfg.Token, ca)
-	if err != nil {
-		return err
+	if cl == nil {
+		ca, err := os.ReadFile(c.cfg.Layout.AgentTLS().Cert(pki.ServerCA))
+		if err != nil {
+			return err
+		}
+		if cl, err = join.NewVerifiedClient(c.cfg.APIServer, c.cfg.Token, ca); err != nil {
+			return err
+		}
 	}
 	defer cl.CloseIdleConnections()
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -253,6 +269,32 @@ func (c *Credentials) renew(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// certClient is a client of the server at url that presents the node's
+// kubelet client certificate and trusts the CA the node verified when it
+// joined; nil when the node has no such certificate valid for another
+// minute (it never joined, or was off for the certificate's whole life).
+func (c *Credentials) certClient(url string) (*join.Client, error) {
+	tlsDir := c.cfg.Layout.AgentTLS()
+	ca, err := os.ReadFile(tlsDir.Cert(pki.ServerCA))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(tlsDir.Cert(KubeletClient), tlsDir.Key(KubeletClient))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		klog.Warningf("node: %s is unusable (%v): asking with the token", tlsDir.Cert(KubeletClient), err)
+		return nil, nil
+	}
+	if now := time.Now(); now.Before(cert.Leaf.NotBefore) || now.Add(time.Minute).After(cert.Leaf.NotAfter) {
+		return nil, nil
+	}
+	return join.NewNodeClient(url, ca, cert)
 }
 
 func (c *Credentials) Stop() error {

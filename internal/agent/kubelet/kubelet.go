@@ -138,6 +138,7 @@ func (k *Kubelet) parse(file *kubeletconfig.KubeletConfiguration) (*kubeletoptio
 	own := []string{
 		"--kubeconfig=" + k.cfg.Layout.AgentKubeconfig(credentials.Kubelet),
 		"--hostname-override=" + k.cfg.NodeName,
+		"--cert-dir=" + k.cfg.Layout.KubeletCerts(),
 		"--node-ip=" + k.cfg.NodeIP.String(),
 	}
 	if len(k.cfg.Labels) > 0 {
@@ -181,7 +182,10 @@ authorization: {mode: Webhook}
 # exec and port-forward.
 tlsCertFile: %q
 tlsPrivateKeyFile: %q
-rotateCertificates: false
+# The client certificate hakube issued at the join (in the kubeconfig) is
+# renewed by the kubelet through the CSR API, with a new key, when 70-90%% of
+# its life has passed; it keeps them in --cert-dir.
+rotateCertificates: true
 serverTLSBootstrap: false
 failSwapOn: false
 # Under the node's data dir, so several nodes can share a machine.

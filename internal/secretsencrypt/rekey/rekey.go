@@ -73,7 +73,7 @@ func Run(ctx context.Context, c Config, op Op) error {
 	// hold it forever.
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	data, _, err := bootstrap.Load(lctx, c.KV, c.Secret)
+	data, _, _, err := bootstrap.Load(lctx, c.KV, c.Secret)
 	if err != nil {
 		if lctx.Err() != nil {
 			err = fmt.Errorf("%w: is this server running?", err)

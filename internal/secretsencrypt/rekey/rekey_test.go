@@ -53,7 +53,7 @@ func TestStepsBelongToTheirChange(t *testing.T) {
 	if _, err := b.step(ctx, func(s *secretsencrypt.State) { s.Keys = nil }); err == nil || !strings.Contains(err.Error(), "another run") {
 		t.Fatalf("a stale run stored a step: %v", err)
 	}
-	d, _, err := bootstrap.Load(ctx, cli, secret)
+	d, _, _, err := bootstrap.Load(ctx, cli, secret)
 	if err != nil || len(d.Encryption.Keys) != 1 || d.Encryption.Change != string(Disable) {
 		t.Fatalf("after the refused step: %+v, %v", d.Encryption, err)
 	}
