@@ -81,6 +81,10 @@ type Data struct {
 	// the token it replaced: the new token's secret. A server that held the
 	// old token, running or stopped, follows it to the cluster's data.
 	ReplacedBy string `json:"replacedBy,omitempty"`
+	// Pending marks the copy a rotation makes under the new token until the
+	// old token's record names it: a rotation that never finished leaves no
+	// second cluster behind a token the operator believes refused.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // Key is the datastore key for data encrypted with secret. It is a hash, so

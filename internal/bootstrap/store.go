@@ -17,6 +17,14 @@ var ErrOtherToken = errors.New("the datastore was created with a different token
 // loop in it would be a corrupt datastore.
 const maxReplaced = 100
 
+// ErrPending refuses a token a rotation was moving the cluster to, but
+// never finished.
+var ErrPending = errors.New("this token is the new token of a 'hakube token rotate' that did not finish: run that command again to finish it, " +
+	"or use the cluster's current token (in <data-dir>/server/token on a server that runs)")
+
+// errLoop reports a chain of rotations longer than maxReplaced.
+var errLoop = fmt.Errorf("the cluster's token was rotated more than %d times in a chain: the datastore is damaged", maxReplaced)
+
 // Follow opens the data sealed under secret, following the records token
 // rotations left (Data.ReplacedBy); current is the secret of the token the
 // data is under now. found is false when get finds nothing under secret.
@@ -35,12 +43,17 @@ func Follow(get func(key string) ([]byte, bool, error), secret string) (d Data, 
 		if d, err = Decrypt(secret, blob); err != nil {
 			return Data{}, "", true, err
 		}
+		// Reached through a record, a copy is the cluster's: the rotation
+		// committed, and only its last write is missing.
+		if d.Pending && hop == 0 {
+			return Data{}, "", true, ErrPending
+		}
 		if d.ReplacedBy == "" {
 			return d, secret, true, nil
 		}
 		secret = d.ReplacedBy
 	}
-	return Data{}, "", true, fmt.Errorf("the cluster's token was rotated more than %d times in a chain: the datastore is damaged", maxReplaced)
+	return Data{}, "", true, errLoop
 }
 
 // Load reads and decrypts the cluster's bootstrap data, following token
@@ -91,15 +104,22 @@ func Create(ctx context.Context, kv clientv3.KV, secret string, d Data) (created
 // servers changing it at once both have their change kept. It follows token
 // rotations, so a holder of a replaced token updates the cluster's data.
 func Update(ctx context.Context, kv clientv3.KV, secret string, change func(*Data) error) (Data, error) {
-	for {
+	for hop := 0; ; {
 		d, rev, err := read(ctx, kv, secret)
 		if err != nil {
 			return Data{}, err
 		}
 		if d.ReplacedBy != "" {
+			if hop++; hop > maxReplaced {
+				return Data{}, errLoop
+			}
 			secret = d.ReplacedBy
 			continue
 		}
+		if d.Pending && hop == 0 {
+			return Data{}, ErrPending
+		}
+		d.Pending = false
 		if err := change(&d); err != nil {
 			return Data{}, err
 		}
@@ -114,34 +134,71 @@ func Update(ctx context.Context, kv clientv3.KV, secret string, change func(*Dat
 }
 
 // Rotate puts the cluster's data under newSecret and leaves under
-// oldSecret a record naming it (Data.ReplacedBy). The copy comes first and
-// the record replaces the old data only if the data did not change since it
-// was copied: an interruption leaves the old token in force, and running
-// it again finishes. It is done once oldSecret's record names newSecret.
+// oldSecret a record naming it (Data.ReplacedBy), in three writes, each a
+// compare-and-put at the revision read: the copy, marked pending; the
+// record, only if the data did not change since it was copied; the copy
+// unmarked. An interruption before the record leaves the old token in
+// force and the copy refused; after it, the cluster's data is the copy.
+// Running it again finishes either, and two rotations at once cannot both
+// win nor lose a change made meanwhile.
 func Rotate(ctx context.Context, kv clientv3.KV, oldSecret, newSecret string) error {
-	for {
+	for range maxReplaced {
 		d, rev, err := read(ctx, kv, oldSecret)
 		if err != nil {
 			return err
 		}
 		switch d.ReplacedBy {
 		case newSecret:
-			return nil
+			return Finish(ctx, kv, newSecret)
 		case "":
 		default:
 			return errors.New("this token was replaced by another one already: rotate from the cluster's current token (in <data-dir>/server/token on a server that runs)")
 		}
-		blob, err := Encrypt(newSecret, d)
+		resp, err := kv.Get(ctx, Key(newSecret))
+		if err != nil {
+			return fmt.Errorf("reading bootstrap data: %w", err)
+		}
+		var at int64 // what an earlier, interrupted run left there, if anything
+		if len(resp.Kvs) > 0 {
+			at = resp.Kvs[0].ModRevision
+		}
+		cp := d
+		cp.Pending = true
+		blob, err := Encrypt(newSecret, cp)
 		if err != nil {
 			return err
 		}
-		if _, err := kv.Put(ctx, Key(newSecret), string(blob)); err != nil {
-			return fmt.Errorf("storing bootstrap data under the new token: %w", err)
+		if ok, err := putAt(ctx, kv, Key(newSecret), at, blob); err != nil {
+			return err
+		} else if !ok {
+			continue
 		}
 		if blob, err = Encrypt(oldSecret, Data{ReplacedBy: newSecret}); err != nil {
 			return err
 		}
-		if ok, err := putAt(ctx, kv, Key(oldSecret), rev, blob); err != nil || ok {
+		if ok, err := putAt(ctx, kv, Key(oldSecret), rev, blob); err != nil {
+			return err
+		} else if ok {
+			return Finish(ctx, kv, newSecret)
+		}
+	}
+	return errors.New("the bootstrap data kept changing during the rotation: run it again")
+}
+
+// Finish unmarks the copy a committed rotation made under secret
+// (Data.Pending). Any server that finds the rotation runs it.
+func Finish(ctx context.Context, kv clientv3.KV, secret string) error {
+	for {
+		d, rev, err := read(ctx, kv, secret)
+		if err != nil || !d.Pending {
+			return err
+		}
+		d.Pending = false
+		blob, err := Encrypt(secret, d)
+		if err != nil {
+			return err
+		}
+		if ok, err := putAt(ctx, kv, Key(secret), rev, blob); err != nil || ok {
 			return err
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/hakube/hakube/internal/bootstrap"
 	"github.com/hakube/hakube/internal/datastore/kine/kinetest"
 )
@@ -61,5 +63,59 @@ func TestRotate(t *testing.T) {
 	}
 	if _, _, _, err := bootstrap.Load(ctx, cli, "another"); !errors.Is(err, bootstrap.ErrOtherToken) {
 		t.Fatalf("a token the cluster never had: %v", err)
+	}
+
+	// Interrupted after its copy: the new token opens nothing (no second
+	// cluster), and running the rotation again finishes it.
+	const fourth = "fourth-secret"
+	d, _, _, err := bootstrap.Load(ctx, cli, third)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putPending(t, cli, fourth, d)
+	if _, _, _, err := bootstrap.Load(ctx, cli, fourth); !errors.Is(err, bootstrap.ErrPending) {
+		t.Fatalf("an unfinished rotation's token: %v", err)
+	}
+	if _, err := bootstrap.Update(ctx, cli, fourth, func(*bootstrap.Data) error { return nil }); !errors.Is(err, bootstrap.ErrPending) {
+		t.Fatalf("an update through an unfinished rotation's token: %v", err)
+	}
+	if err := bootstrap.Rotate(ctx, cli, third, fourth); err != nil {
+		t.Fatal(err)
+	}
+	if d, current, _, err := bootstrap.Load(ctx, cli, fourth); err != nil || current != fourth || d.Pending || d.AgentSecret != "agent" {
+		t.Fatalf("after the rotation run again: current %q, %+v, %v", current, d, err)
+	}
+
+	// Interrupted after its record: the old token reaches the copy, and
+	// Finish unmarks it.
+	const fifth = "fifth-secret"
+	putPending(t, cli, fifth, d)
+	forward, err := bootstrap.Encrypt(fourth, bootstrap.Data{ReplacedBy: fifth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, bootstrap.Key(fourth), string(forward)); err != nil {
+		t.Fatal(err)
+	}
+	if _, current, _, err := bootstrap.Load(ctx, cli, old); err != nil || current != fifth {
+		t.Fatalf("a committed rotation not finished, from the first token: current %q, %v", current, err)
+	}
+	if err := bootstrap.Finish(ctx, cli, fifth); err != nil {
+		t.Fatal(err)
+	}
+	if d, _, _, err := bootstrap.Load(ctx, cli, fifth); err != nil || d.Pending {
+		t.Fatalf("after Finish: %+v, %v", d, err)
+	}
+}
+
+func putPending(t *testing.T, cli *clientv3.Client, secret string, d bootstrap.Data) {
+	t.Helper()
+	d.Pending = true
+	blob, err := bootstrap.Encrypt(secret, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(context.Background(), bootstrap.Key(secret), string(blob)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -87,6 +87,9 @@ func rotateToken(ctx context.Context, l layout.Layout, oldGiven, newGiven string
 	switch {
 	case current == newTok.Secret:
 		// Run again after a rotation, here or on another server.
+		if err := bootstrap.Finish(lctx, srv.kv, current); err != nil {
+			return err
+		}
 		fmt.Fprintln(out, "the cluster's token is the new one already")
 	case current != old:
 		return fmt.Errorf("the token given was replaced already: rotate from the cluster's current token (in %s on a server that runs)", l.Token())

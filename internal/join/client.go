@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -31,6 +32,12 @@ var ErrUnreachable = errors.New("cannot reach the server")
 // ErrUnavailable means a verified server did not answer a request, or
 // could not yet (5xx: its apiserver is starting); the caller may retry.
 var ErrUnavailable = errors.New("the server is not available")
+
+// ErrCertificateRefused means a node's certificate did not get it through
+// (NewNodeClient): the server refused it, or the server's certificate is
+// not from the CA the node holds (the cluster was recreated). The node asks
+// with the token instead, which checks the CA again.
+var ErrCertificateRefused = errors.New("the node's certificate was refused")
 
 // Client joins through the server at URL.
 type Client struct {
@@ -181,6 +188,13 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 		req.SetBasicAuth(token.ServerUser, c.Token.Secret)
 	}
 	resp, err := c.trusted.Do(req)
+	// Our check of the server's certificate failed, or the server's TLS
+	// alert (after TLS 1.3's handshake) refused ours.
+	var verify *tls.CertificateVerificationError
+	var op *net.OpError
+	if c.cert != nil && (errors.As(err, &verify) || (errors.As(err, &op) && op.Op == "remote error")) {
+		return fmt.Errorf("%w: %s %s%s: %v", ErrCertificateRefused, method, c.URL, path, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %s %s%s: %v", ErrUnavailable, method, c.URL, path, err)
 	}
@@ -193,7 +207,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 	case http.StatusOK:
 	case http.StatusUnauthorized:
 		if c.cert != nil {
-			return fmt.Errorf("the server at %s refused this node's certificate: %s", c.URL, strings.TrimSpace(string(answer)))
+			return fmt.Errorf("%w by the server at %s: %s", ErrCertificateRefused, c.URL, strings.TrimSpace(string(answer)))
 		}
 		return fmt.Errorf("the server at %s refused the token (if the cluster's token was rotated, give the new one: "+
 			"it is in <data-dir>/server/token on a server)", c.URL)

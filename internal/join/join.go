@@ -23,10 +23,12 @@
 //
 // A node that joined before asks for its credentials again (at each start,
 // and to renew them) over TLS verified against the CA it keeps, presenting
-// its kubelet client certificate instead of a token, for its own name only.
-// A rotated token ('hakube token rotate') therefore stops new joins and
-// leaves the nodes that joined working. A node whose certificate expired
-// (it was off for its whole life) joins with the token again.
+// its kubelet client certificate instead of a token, for its own name only
+// and while its registration exists. A rotated token ('hakube token
+// rotate') therefore stops new joins and leaves the nodes that joined
+// working. A node whose certificate expired (it was off for its whole
+// life), or did not get it through (ErrCertificateRefused), joins with the
+// token again, checking the CA against it first.
 package join
 
 import (
@@ -117,6 +119,11 @@ type NodeCluster struct {
 
 // ErrNameTaken refuses a node whose name another machine registered.
 var ErrNameTaken = errors.New("name taken")
+
+// ErrUnregistered refuses a node's certificate for a name whose registration
+// was deleted (its node password Secret): it joins again with the token, so
+// deleting a node's registration cuts it off once its token is rotated.
+var ErrUnregistered = errors.New("this node's registration was deleted: it joins again with the token")
 
 // Member is one datastore member, as listed to joiners.
 type Member struct {

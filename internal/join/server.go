@@ -34,9 +34,10 @@ type Server struct {
 	Bootstrap func(ctx context.Context) (bootstrap.Data, error)
 	// Members lists the datastore's members; nil when the datastore has none.
 	Members func(ctx context.Context) ([]Member, error)
-	// Node issues a node's credentials (ErrNameTaken, or an error saying
-	// what is wrong with the request).
-	Node func(ctx context.Context, req NodeRequest) (NodeCredentials, error)
+	// Node issues a node's credentials (ErrNameTaken, ErrUnregistered, or
+	// an error saying what is wrong with the request); renewal says the node
+	// asked with its certificate, not the token.
+	Node func(ctx context.Context, req NodeRequest, renewal bool) (NodeCredentials, error)
 }
 
 type secretKey struct {
@@ -174,8 +175,11 @@ func (s *Server) node(w http.ResponseWriter, r *http.Request, certNode string) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	creds, err := s.Node(ctx, req)
+	creds, err := s.Node(ctx, req, certNode != "")
 	switch {
+	case errors.Is(err, ErrUnregistered):
+		klog.Warningf("join: refused the certificate of node %q from %s: %v", req.Name, r.RemoteAddr, err)
+		http.Error(w, err.Error(), http.StatusUnauthorized)
 	case errors.Is(err, ErrNameTaken):
 		klog.Warningf("join: refused node %q from %s: another machine registered that name", req.Name, r.RemoteAddr)
 		http.Error(w, err.Error(), http.StatusConflict)

@@ -76,6 +76,12 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if found && current != b.tok.Secret {
+		// A rotation this server missed: finish it if it was interrupted.
+		if err := bootstrap.Finish(ctx, cli, current); err != nil {
+			return err
+		}
+	}
 	if !found {
 		data, err = b.create(ctx, cli)
 		if err != nil {

@@ -174,8 +174,11 @@ func (e *encryptionKeys) sync(ctx context.Context, kv clientv3.KV, rev int64) (i
 		return rev, false, err
 	}
 	if data.ReplacedBy != "" {
-		// 'hakube token rotate' ran: follow it, and read on under the new
-		// token at the next tick.
+		// 'hakube token rotate' ran: finish it if it was interrupted,
+		// follow it, and read on under the new token at the next tick.
+		if err := bootstrap.Finish(ctx, kv, data.ReplacedBy); err != nil {
+			return rev, false, err
+		}
 		if err := e.token.adopt(e.secret, data.ReplacedBy); err != nil {
 			return rev, false, err
 		}

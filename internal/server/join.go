@@ -16,6 +16,7 @@ import (
 	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/internal/join"
 	"github.com/hakube/hakube/internal/layout"
+	"github.com/hakube/hakube/internal/pki"
 )
 
 // joinCluster fetches the cluster's shared material through another server
@@ -139,13 +140,13 @@ func (j *joinCluster) localMember() (datastore.Kind, string) {
 }
 
 func (j *joinCluster) checkStillMember(ctx context.Context, kind datastore.Kind, name string) error {
-	err := j.client.VerifyCA(ctx)
-	if errors.Is(err, join.ErrUnreachable) {
-		klog.Infof("join: %v; starting from local data", err)
-		j.target.resume(kind)
-		return nil
-	}
+	// A member trusts the cluster CA it holds: the token may have been
+	// rotated while it was stopped, and its proof would no longer match.
+	ca, err := os.ReadFile(j.layout.TLS().Cert(pki.ServerCA))
 	if err != nil {
+		return err
+	}
+	if j.client, err = join.NewVerifiedClient(j.client.URL, j.client.Token, ca); err != nil {
 		return err
 	}
 	members, err := j.client.Members(ctx)

@@ -64,7 +64,7 @@ type nodeIssuer struct {
 	client kubernetes.Interface
 }
 
-func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.NodeCredentials, error) {
+func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest, renewal bool) (join.NodeCredentials, error) {
 	if err := n.checkName(req.Name); err != nil {
 		return join.NodeCredentials{}, err
 	}
@@ -91,7 +91,7 @@ func (n *nodeIssuer) issue(ctx context.Context, req join.NodeRequest) (join.Node
 	if err != nil {
 		return join.NodeCredentials{}, join.BadRequest("network key: %v", err)
 	}
-	if err := n.claim(ctx, req.Name, req.Password); err != nil {
+	if err := n.claim(ctx, req.Name, req.Password, renewal); err != nil {
 		return join.NodeCredentials{}, err
 	}
 	if err := n.checkTaken(ctx, req.Name, ips); err != nil {
@@ -249,8 +249,10 @@ func (n *nodeIssuer) kube() (kubernetes.Interface, error) {
 
 // claim binds name to password in a Secret, or checks the binding that is
 // there: the first machine to register a name owns it. A Node registered
-// without a binding (by other means) is not given away either.
-func (n *nodeIssuer) claim(ctx context.Context, name, password string) error {
+// without a binding (by other means) is not given away either. A renewal
+// (asked with the node's certificate) needs the binding: deleting it makes
+// the node join with the token again.
+func (n *nodeIssuer) claim(ctx context.Context, name, password string, renewal bool) error {
 	cs, err := n.kube()
 	if err != nil {
 		return err
@@ -270,6 +272,9 @@ func (n *nodeIssuer) claim(ctx context.Context, name, password string) error {
 		}
 		if !apierrors.IsNotFound(err) {
 			return err
+		}
+		if renewal {
+			return join.ErrUnregistered
 		}
 		if _, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
 			return fmt.Errorf("%w: a node named %s exists, registered without a node password; give this node another name "+

@@ -76,8 +76,9 @@ func replacedTokens(l layout.Layout) ([]string, error) {
 
 // resolveToken picks the token: the one given, else the one stored in the
 // data dir, else a new random one. A given token that 'hakube token rotate'
-// replaced gives way to the stored one. Any other given token is tried: the
-// datastore tells whether it is the cluster's (clusterBootstrap).
+// replaced gives way to the stored one, except for a snapshot restore. Any
+// other given token is tried: the datastore tells whether it is the
+// cluster's (clusterBootstrap).
 func resolveToken(c Config) (token.Token, error) {
 	given, err := token.Given(c.Token, c.TokenFile, "token")
 	if err != nil {
@@ -98,7 +99,8 @@ func resolveToken(c Config) (token.Token, error) {
 	if err != nil {
 		return token.Token{}, fmt.Errorf("malformed token: %w", err)
 	}
-	if stored != nil && stored.Secret != t.Secret {
+	// A snapshot is opened by the token it was taken under, replaced or not.
+	if stored != nil && stored.Secret != t.Secret && c.ClusterResetRestorePath == "" {
 		if hashes, err := replacedTokens(l); err != nil {
 			return token.Token{}, err
 		} else if slices.Contains(hashes, tokenHash(t.Secret)) {

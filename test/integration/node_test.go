@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -21,8 +22,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/hakube/hakube/internal/agent/credentials"
 	"github.com/hakube/hakube/internal/controlplane"
 	"github.com/hakube/hakube/internal/join"
+	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/token"
 	"github.com/hakube/hakube/test/harness"
@@ -156,7 +159,8 @@ func TestNodeCredentials(t *testing.T) {
 // rotatedNodeCredentials: after 'hakube token rotate' on a single SQLite
 // server, the old token is refused and the new one works; a node that
 // joined asks again with its kubelet client certificate and no token, for
-// its own name only; a client certificate that is not a node's is no token.
+// its own name only, while its registration exists; a client certificate
+// that is not a node's is no token.
 func rotatedNodeCredentials(t *testing.T, s *harness.Server, old token.Token, req join.NodeRequest, creds join.NodeCredentials, key crypto.Signer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -197,8 +201,22 @@ func rotatedNodeCredentials(t *testing.T, s *harness.Server, old token.Token, re
 	}
 	admin := harness.ReadCert(t, s.Layout().TLS().Cert(controlplane.AdminCert))
 	adminKey := harness.ReadKey(t, s.Layout().TLS().Key(controlplane.AdminCert))
-	if _, err := certClient(admin, adminKey).Node(ctx, req); err == nil || !strings.Contains(err.Error(), "refused this node's certificate") {
+	if _, err := certClient(admin, adminKey).Node(ctx, req); !errors.Is(err, join.ErrCertificateRefused) {
 		t.Fatalf("the admin certificate asking for node credentials: want refused, got %v", err)
+	}
+	// Deleted (its Node and its registration), the node's certificate gets
+	// it nothing: it joins again with the token.
+	if err := s.Client().CoreV1().Nodes().Delete(ctx, req.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Client().CoreV1().Secrets("kube-system").Delete(ctx, req.Name+".node-password.hakube", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certClient(nodeCert, key).Node(ctx, req); !errors.Is(err, join.ErrCertificateRefused) || !strings.Contains(err.Error(), "registration was deleted") {
+		t.Fatalf("the certificate of a node whose registration was deleted: want refused, got %v", err)
+	}
+	if _, err := nodeClient(t, s, rotated).Node(ctx, req); err != nil {
+		t.Fatalf("the node joining again with the token: %v", err)
 	}
 }
 
@@ -305,5 +323,42 @@ func TestAgentToken(t *testing.T) {
 	out, code := s.RunToExit("--agent-token", "agent-secret-2")
 	if code == 0 || !strings.Contains(out, "--agent-token differs from the cluster's agent token") {
 		t.Fatalf("a restart with another agent token: exit %d\n%s", code, out)
+	}
+}
+
+// TestNodeAfterClusterRecreated: a node keeps its data dir while its
+// cluster is recreated (new CAs); started with the new cluster's token, it
+// finds that its certificate does not get it through, and joins again with
+// the token, which checks the new CA.
+func TestNodeAfterClusterRecreated(t *testing.T) {
+	l := layout.New(t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodeJoins := func(s *harness.Server) error {
+		c := credentials.New(credentials.Config{Server: s.URL(), Token: harness.ReadToken(t, s.Layout().Token()), Name: "agent-r",
+			IPs: []net.IP{net.ParseIP("192.0.2.20")}, Layout: l, APIServer: s.URL(), FirstJoinTimeout: 30 * time.Second})
+		if err := c.Init(ctx); err != nil {
+			return err
+		}
+		err := c.Start(ctx)
+		if stopErr := c.Stop(); err == nil {
+			err = stopErr
+		}
+		return err
+	}
+	first := harness.NewServer(t, "first")
+	first.Start()
+	if err := nodeJoins(first); err != nil {
+		t.Fatal(err)
+	}
+	first.Stop()
+	second := harness.NewServer(t, "second")
+	second.Start()
+	if err := nodeJoins(second); err != nil {
+		t.Fatalf("the node, with the new cluster's token: %v", err)
+	}
+	got := harness.ReadCert(t, l.AgentTLS().Cert(pki.ServerCA))
+	if want := harness.ReadCert(t, second.Layout().TLS().Cert(pki.ServerCA)); !got.Equal(want) {
+		t.Fatalf("the node trusts %s, not the new cluster's CA %s", got.Subject, want.Subject)
 	}
 }

@@ -69,7 +69,6 @@ const DefaultFirstJoinTimeout = 2 * time.Minute
 // the node runs.
 type Credentials struct {
 	cfg     Config
-	client  *join.Client
 	cluster join.NodeCluster
 	req     join.NodeRequest
 
@@ -96,21 +95,19 @@ func (c *Credentials) Start(ctx context.Context) error {
 	}
 	tlsDir := c.cfg.Layout.AgentTLS()
 	w := c.newWait()
-	if c.client, err = c.certClient(c.cfg.Server); err != nil {
-		return err
+	until := func(err error) (error, bool) {
+		stop := w.done(ctx, err)
+		return w.err, stop
 	}
-	if c.client != nil {
-		klog.Infof("node: asking %s for its certificates with its kubelet client certificate", c.cfg.Server)
-	} else {
-		if c.client, err = join.NewClient(c.cfg.Server, c.cfg.Token); err != nil {
+	// A node that has no valid certificate checks the CA against the token
+	// before it writes anything.
+	var verified *join.Client
+	if cl, err := c.certClient(c.cfg.Server); err != nil {
+		return err
+	} else if cl == nil {
+		if verified, err = c.tokenClient(ctx, c.cfg.Server, until); err != nil {
 			return err
 		}
-		for !w.done(ctx, c.client.VerifyCA(ctx)) {
-		}
-		if w.err != nil {
-			return w.err
-		}
-		klog.Infof("node: the CA of %s is verified against the token", c.cfg.Server)
 	}
 	if err := os.MkdirAll(string(tlsDir), 0o700); err != nil {
 		return err
@@ -130,10 +127,7 @@ func (c *Credentials) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	var creds join.NodeCredentials
-	for !w.done(ctx, func() error { creds, err = c.client.Node(ctx, c.req); return err }()) {
-	}
-	err = w.err
+	creds, err := c.ask(ctx, c.cfg.Server, verified, until)
 	if errors.Is(err, join.ErrNameTaken) {
 		return fmt.Errorf("%w (this machine's password is %s: a machine that was reinstalled must be deleted first with 'kubectl delete node %s' "+
 			"and 'kubectl -n kube-system delete secret %s.node-password.hakube')", err, c.cfg.Layout.NodePassword(), c.cfg.Name, c.cfg.Name)
@@ -242,23 +236,9 @@ func (c *Credentials) renewalDue(lt pki.Lifetimes) string {
 }
 
 func (c *Credentials) renew(ctx context.Context) error {
-	cl, err := c.certClient(c.cfg.APIServer)
-	if err != nil {
-		return err
-	}
-	if cl == nil {
-		ca, err := os.ReadFile(c.cfg.Layout.AgentTLS().Cert(pki.ServerCA))
-		if err != nil {
-			return err
-		}
-		if cl, err = join.NewVerifiedClient(c.cfg.APIServer, c.cfg.Token, ca); err != nil {
-			return err
-		}
-	}
-	defer cl.CloseIdleConnections()
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	creds, err := cl.Node(rctx, c.req)
+	creds, err := c.ask(rctx, c.cfg.APIServer, nil, func(err error) (error, bool) { return err, true })
 	if err != nil {
 		return err
 	}
@@ -269,6 +249,61 @@ func (c *Credentials) renew(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// ask gets the node's credentials from the server at url: through
+// verified, a client that checked the server's CA against the token, when
+// given; else with the node's certificate when it holds a valid one; else,
+// or when the certificate is refused, with the token, once the server's CA
+// is checked against it. until is given the outcome of each attempt and
+// says whether to stop, and with what error (Start waits for a server that
+// is down).
+func (c *Credentials) ask(ctx context.Context, url string, verified *join.Client, until func(error) (error, bool)) (join.NodeCredentials, error) {
+	var creds join.NodeCredentials
+	if verified == nil {
+		cl, err := c.certClient(url)
+		if err != nil {
+			return creds, err
+		}
+		if cl != nil {
+			klog.Infof("node: asking %s with the node's certificate", url)
+			defer cl.CloseIdleConnections()
+			err := retry(until, func() (err error) { creds, err = cl.Node(ctx, c.req); return err })
+			if !errors.Is(err, join.ErrCertificateRefused) {
+				return creds, err
+			}
+			klog.Warningf("node: %v; asking with the token", err)
+		}
+		if verified, err = c.tokenClient(ctx, url, until); err != nil {
+			return creds, err
+		}
+	}
+	defer verified.CloseIdleConnections()
+	err := retry(until, func() (err error) { creds, err = verified.Node(ctx, c.req); return err })
+	return creds, err
+}
+
+// tokenClient is a client of the server at url whose CA it checked against
+// the token.
+func (c *Credentials) tokenClient(ctx context.Context, url string, until func(error) (error, bool)) (*join.Client, error) {
+	cl, err := join.NewClient(url, c.cfg.Token)
+	if err != nil {
+		return nil, err
+	}
+	if err := retry(until, func() error { return cl.VerifyCA(ctx) }); err != nil {
+		return nil, err
+	}
+	klog.Infof("node: the CA of %s is verified against the token", url)
+	return cl, nil
+}
+
+// retry runs f until until says to stop, and returns what it says.
+func retry(until func(error) (error, bool), f func() error) error {
+	for {
+		if err, stop := until(f()); stop {
+			return err
+		}
+	}
 }
 
 // certClient is a client of the server at url that presents the node's
