@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hakube/hakube/internal/bootstrap"
-	"github.com/hakube/hakube/internal/fsutil"
 	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/secretsencrypt"
@@ -101,11 +100,9 @@ func rotateToken(ctx context.Context, l layout.Layout, oldGiven, newGiven string
 		}
 		fmt.Fprintln(out, "stored the cluster's bootstrap data under the new token: each server refuses the old one once it takes the new one")
 	}
+	// Each server, this one included, writes it to its own token file as it
+	// takes it (waited for below).
 	full := token.Token{User: token.ServerUser, Secret: newTok.Secret}.WithCA(ca)
-	// This server writes it too within seconds; a stopped one at its start.
-	if err := fsutil.WriteFile(l.Token(), []byte(full.String()+"\n"), 0o600); err != nil {
-		return err
-	}
 	took, down, err := waitForToken(ctx, srv, bootstrap.Key(newTok.Secret), wait, out)
 	if err != nil {
 		return err
