@@ -81,6 +81,10 @@ type Data struct {
 	// the token it replaced: the new token's secret. A server that held the
 	// old token, running or stopped, follows it to the cluster's data.
 	ReplacedBy string `json:"replacedBy,omitempty"`
+	// CAFinishing is set while the last step of 'hakube certificate
+	// rotate-ca' rolls out (the old CAs no longer trusted), so that running
+	// the command again waits for it instead of rotating anew.
+	CAFinishing bool `json:"caFinishing,omitempty"`
 	// Pending marks the copy a rotation makes under the new token until the
 	// old token's record names it: a rotation that never finished leaves no
 	// second cluster behind a token the operator believes refused.

@@ -85,13 +85,13 @@ func newCertificateCommand() *cobra.Command {
 				fmt.Fprintf(&b, "%d certificates expire within %s (%s); ", len(due), days(window), strings.Join(due, ", "))
 			}
 			b.WriteString("a running server or agent renews its leaf certificates by itself when a third of their life is left, " +
-				"and 'hakube certificate rotate' renews them now (a CA near its end needs a new cluster CA)")
+				"and 'hakube certificate rotate' renews them now (a CA near its end: 'hakube certificate rotate-ca')")
 			return fmt.Errorf("%s", b.String())
 		},
 	}
 	check.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	check.Flags().DurationVar(&window, "window", renewWindow(), "how close to its expiry a certificate fails the check")
-	cmd.AddCommand(check, newCertificateRotateCommand(&dataDir))
+	cmd.AddCommand(check, newCertificateRotateCommand(&dataDir), newRotateCACommand(&dataDir))
 	return cmd
 }
 

@@ -46,6 +46,9 @@ func (c *ControllerManager) Init(context.Context) error { return nil }
 
 func (c *ControllerManager) args() []string {
 	t := c.cfg.TLSDir
+	// The signers take the CA's certificate alone (t.Signer): a CA file is a
+	// bundle during a CA rotation. The root CA file, which pods trust, is the
+	// bundle.
 	return append([]string{
 		"--kubeconfig=" + c.cfg.Kubeconfig,
 		"--authentication-kubeconfig=" + c.cfg.Kubeconfig,
@@ -54,13 +57,13 @@ func (c *ControllerManager) args() []string {
 		"--allocate-node-cidrs=true",
 		"--cluster-cidr=" + c.cfg.ClusterCIDR,
 		"--service-cluster-ip-range=" + c.cfg.ServiceCIDR,
-		"--cluster-signing-kube-apiserver-client-cert-file=" + t.Cert(pki.ClientCA),
+		"--cluster-signing-kube-apiserver-client-cert-file=" + t.Signer(pki.ClientCA),
 		"--cluster-signing-kube-apiserver-client-key-file=" + t.Key(pki.ClientCA),
-		"--cluster-signing-kubelet-client-cert-file=" + t.Cert(pki.ClientCA),
+		"--cluster-signing-kubelet-client-cert-file=" + t.Signer(pki.ClientCA),
 		"--cluster-signing-kubelet-client-key-file=" + t.Key(pki.ClientCA),
-		"--cluster-signing-kubelet-serving-cert-file=" + t.Cert(pki.ServerCA),
+		"--cluster-signing-kubelet-serving-cert-file=" + t.Signer(pki.ServerCA),
 		"--cluster-signing-kubelet-serving-key-file=" + t.Key(pki.ServerCA),
-		"--cluster-signing-legacy-unknown-cert-file=" + t.Cert(pki.ServerCA),
+		"--cluster-signing-legacy-unknown-cert-file=" + t.Signer(pki.ServerCA),
 		"--cluster-signing-legacy-unknown-key-file=" + t.Key(pki.ServerCA),
 		"--cluster-signing-duration=" + c.cfg.SigningDuration.String(),
 		"--configure-cloud-routes=false",

@@ -51,6 +51,11 @@ func (l Layout) Token() string { return filepath.Join(l.ServerDir(), "token") }
 // --token in its configuration) takes the current one from Token.
 func (l Layout) ReplacedTokens() string { return filepath.Join(l.ServerDir(), "token-replaced") }
 
+// ReplacedCAs lists the pins (token.HashCA) of the server CAs 'hakube
+// certificate rotate-ca' replaced, one per line: a server started with a
+// full token pinned to one takes Token instead.
+func (l Layout) ReplacedCAs() string { return filepath.Join(l.ServerDir(), "ca-replaced") }
+
 // AgentToken is the cluster's agent token, pinned to its CA, when it has one
 // (--agent-token): what agents join with.
 func (l Layout) AgentToken() string { return filepath.Join(l.ServerDir(), "agent-token") }

@@ -33,7 +33,8 @@ func caNames() []string {
 func SharedFiles() []string {
 	var out []string
 	for _, n := range caNames() {
-		out = append(out, n+".crt", n+".key")
+		// The key first: WriteShared writes in this order.
+		out = append(out, n+".key", n+".crt")
 	}
 	return append(out, ServiceKey)
 }
@@ -49,6 +50,11 @@ func (d Dir) Cert(name string) string { return d.Path(name + ".crt") }
 
 // Key returns the path of a named key.
 func (d Dir) Key(name string) string { return d.Path(name + ".key") }
+
+// Signer is the path of the named CA's own certificate alone (CA.Own),
+// beside its bundle, for the controller-manager's signers, which refuse a
+// bundle.
+func (d Dir) Signer(name string) string { return d.Path(name + "-signer.pem") }
 
 // LoadCA loads the named CA from the directory.
 func (d Dir) LoadCA(name string) (*CA, error) { return LoadCA(d.Cert(name), d.Key(name)) }
@@ -83,30 +89,47 @@ func (d Dir) WriteShared(files map[string][]byte) ([]string, error) {
 			return nil, fmt.Errorf("shared file %q is missing", f)
 		}
 	}
+	signers := map[string][]byte{}
 	for _, n := range caNames() {
-		if _, err := ParseCA(files[n+".crt"], files[n+".key"]); err != nil {
+		ca, err := ParseCA(files[n+".crt"], files[n+".key"])
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", n, err)
 		}
+		signers[n] = ca.Own()
 	}
 	if _, err := ParseKey(files[ServiceKey]); err != nil {
 		return nil, fmt.Errorf("%s: %w", ServiceKey, err)
 	}
 	var changed []string
+	// A key is written before its certificate, which a reader checks it
+	// against; the signer file last, as the controller-manager reads it.
 	for _, f := range SharedFiles() {
-		old, err := os.ReadFile(d.Path(f))
-		if err == nil && string(old) == string(files[f]) {
-			continue
-		}
 		mode := os.FileMode(0o644)
 		if strings.HasSuffix(f, ".key") {
 			mode = 0o600
 		}
-		if err := fsutil.WriteFile(d.Path(f), files[f], mode); err != nil {
+		wrote, err := writeIfChanged(d.Path(f), files[f], mode)
+		if err != nil {
 			return nil, err
 		}
-		changed = append(changed, f)
+		if wrote {
+			changed = append(changed, f)
+		}
+	}
+	for _, n := range caNames() {
+		if _, err := writeIfChanged(d.Signer(n), signers[n], 0o644); err != nil {
+			return nil, err
+		}
 	}
 	return changed, nil
+}
+
+// writeIfChanged writes data to path unless it holds data already.
+func writeIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {
+	if old, err := os.ReadFile(path); err == nil && string(old) == string(data) {
+		return false, nil
+	}
+	return true, fsutil.WriteFile(path, data, mode)
 }
 
 // EnsureCAs creates every CA and the service-account key when none exist yet. A

@@ -25,10 +25,14 @@ const caValidity = 10 * 365 * 24 * time.Hour
 
 // CA is a certificate authority with its signing key.
 type CA struct {
-	Cert    *x509.Certificate
-	Key     crypto.Signer
+	Cert *x509.Certificate
+	Key  crypto.Signer
+	// CertPEM is the whole bundle (see RotateCA): what its verifiers trust.
 	CertPEM []byte
 	KeyPEM  []byte
+	// chain is the CA's cross-signatures (PEM), which every certificate it
+	// issues carries after its own.
+	chain []byte
 }
 
 // NewCA creates a self-signed CA named cn.
@@ -58,12 +62,14 @@ func NewCA(cn string) (*CA, error) {
 	return ParseCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM)
 }
 
-// ParseCA parses a PEM certificate and key and checks that they belong together.
+// ParseCA parses a PEM certificate bundle and key and checks that they
+// belong together: the bundle's first certificate is the CA's.
 func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
-	cert, err := ParseCert(certPEM)
+	certs, err := parseBundle(certPEM)
 	if err != nil {
 		return nil, err
 	}
+	cert := certs[0]
 	if !cert.IsCA {
 		return nil, fmt.Errorf("certificate %q is not a CA", cert.Subject.CommonName)
 	}
@@ -74,7 +80,16 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 	if !publicKeysEqual(cert.PublicKey, key.Public()) {
 		return nil, fmt.Errorf("key does not match CA certificate %q", cert.Subject.CommonName)
 	}
-	return &CA{Cert: cert, Key: key, CertPEM: certPEM, KeyPEM: keyPEM}, nil
+	ca := &CA{Cert: cert, Key: key, CertPEM: certPEM, KeyPEM: keyPEM}
+	for _, c := range certs[1:] {
+		if !c.IsCA {
+			return nil, fmt.Errorf("bundle of CA %q holds %q, which is not a CA", cert.Subject.CommonName, c.Subject.CommonName)
+		}
+		if crossSigned(c, cert) {
+			ca.chain = append(ca.chain, encodeCerts(c)...)
+		}
+	}
+	return ca, nil
 }
 
 // LoadCA reads a CA from its certificate and key files.
@@ -178,7 +193,7 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.chain...), nil
 }
 
 // EncodePublicKey PEM-encodes a public key (PKIX).

@@ -34,7 +34,10 @@ type Report struct {
 	Loaded string `json:"loaded"`
 	// Token is the datastore key of the bootstrap data of the token the
 	// server holds ('hakube token rotate' waits on it); not a secret.
-	Token   string    `json:"token,omitempty"`
+	Token string `json:"token,omitempty"`
+	// CA is the pki.SharedTrust of the CAs the server runs with ('hakube
+	// certificate rotate-ca' waits on it).
+	CA      string    `json:"ca,omitempty"`
 	Updated time.Time `json:"updated"`
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -115,6 +116,9 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	if _, err := writeEncryptionConfig(b.encryptionConfig, data.Encryption); err != nil {
 		return err
 	}
+	if err := rememberServerCA(b.token.layout, data.Files); err != nil {
+		return err
+	}
 	changed, err := b.tlsDir.WriteShared(data.Files)
 	if err != nil {
 		return fmt.Errorf("writing the cluster's CAs: %w", err)
@@ -123,7 +127,13 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 		klog.Infof("restored cluster certificates from the datastore: %s", strings.Join(changed, ", "))
 	}
 	ca := data.Files[pki.ServerCA+".crt"]
-	if b.tok.CAHash != "" && b.tok.CAHash != token.HashCA(ca) {
+	replacedCAs, err := readHashes(b.token.layout.ReplacedCAs())
+	if err != nil {
+		return err
+	}
+	// A pin of a CA this server held before names this cluster too.
+	pinned := func(h string) bool { return h == "" || h == token.HashCA(ca) || slices.Contains(replacedCAs, h) }
+	if !pinned(b.tok.CAHash) {
 		return errors.New("the token's CA hash does not match this cluster's server CA; " +
 			"the token belongs to another cluster, or was mistyped")
 	}
@@ -132,7 +142,7 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 		return err
 	}
 	b.tok.Secret = current
-	if b.agentCAHash != "" && b.agentCAHash != token.HashCA(ca) {
+	if !pinned(b.agentCAHash) {
 		return errors.New("the --agent-token's CA hash does not match this cluster's server CA; it belongs to another cluster, or was mistyped")
 	}
 	if data, err = b.agentToken(ctx, cli, data); err != nil {

@@ -92,8 +92,8 @@ func (r *certRenewer) tick(lt pki.Lifetimes, warned *time.Time) {
 		}
 	}
 	if len(near) > 0 {
-		klog.Warningf("certificates: %s expire within %s and cannot be renewed in place (CAs, which last 10 years, "+
-			"are not rotated by hakube yet); 'hakube certificate check' lists every certificate", strings.Join(near, ", "), lt.Window)
+		klog.Warningf("certificates: %s expire within %s and cannot be renewed in place: a CA, which lasts 10 years, "+
+			"is replaced with 'hakube certificate rotate-ca'; 'hakube certificate check' lists every certificate", strings.Join(near, ", "), lt.Window)
 		*warned = now
 	}
 }

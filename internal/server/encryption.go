@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/hakube/hakube/internal/bootstrap"
 	"github.com/hakube/hakube/internal/controlplane"
 	"github.com/hakube/hakube/internal/datastore"
+	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/secretsencrypt"
 )
 
@@ -21,9 +23,13 @@ import (
 // apiserver has loaded: 'hakube secrets-encrypt rotate-keys' changes the keys
 // in the bootstrap data and moves on when every server reports the change.
 // It follows the bootstrap data to a rotated token too, and reports the
-// token it holds, which 'hakube token rotate' waits on.
+// token it holds, which 'hakube token rotate' waits on, and to rotated CAs
+// (caRollout), reporting the CAs it runs with for 'hakube certificate
+// rotate-ca'.
 type encryptionKeys struct {
 	ds     datastore.Datastore
+	tls    pki.Dir
+	cas    *caRollout
 	secret string
 	token  serverToken
 	server string
@@ -58,6 +64,9 @@ func (e *encryptionKeys) Start(ctx context.Context) error {
 		return errors.New("no token in " + e.token.layout.Token())
 	}
 	e.secret = held.Secret
+	if e.cas, err = newCARollout(e.tls, e.server, e.token); err != nil {
+		return err
+	}
 	cli, err := datastore.Client(e.ds.Endpoint())
 	if err != nil {
 		return err
@@ -85,9 +94,9 @@ func (e *encryptionKeys) Start(ctx context.Context) error {
 
 // tracker is what the loop remembers between ticks.
 type tracker struct {
-	rev                     int64
-	reported, reportedToken string
-	reportedAt, wroteAt     time.Time
+	rev                                 int64
+	reported, reportedToken, reportedCA string
+	reportedAt, wroteAt                 time.Time
 }
 
 func (e *encryptionKeys) loop(ctx context.Context, kv clientv3.KV, tr *tracker) {
@@ -113,6 +122,16 @@ func (e *encryptionKeys) tick(ctx context.Context, kv clientv3.KV, tr *tracker) 
 	} else if ctx.Err() == nil {
 		klog.Warningf("secrets encryption: reading the cluster's keys: %v", err)
 	}
+	e.report(ctx, kv, tr)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := e.cas.tick(cctx, kv, tr.reportedCA == e.cas.running); err != nil && ctx.Err() == nil {
+		klog.Warningf("CA rotation: %v", err)
+	}
+}
+
+// report writes this server's report if due.
+func (e *encryptionKeys) report(ctx context.Context, kv clientv3.KV, tr *tracker) {
 	// Gathering the apiserver's metrics is not free: every tick only while a
 	// new file waits to be loaded, else when a report is due or the token
 	// changed.
@@ -125,17 +144,20 @@ func (e *encryptionKeys) tick(ctx context.Context, kv clientv3.KV, tr *tracker) 
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := secretsencrypt.WriteReport(rctx, kv, secretsencrypt.Report{Server: e.server, Loaded: loaded, Token: held, Updated: time.Now().UTC()})
+	err := secretsencrypt.WriteReport(rctx, kv, secretsencrypt.Report{Server: e.server, Loaded: loaded, Token: held, CA: e.cas.running, Updated: time.Now().UTC()})
 	cancel()
 	if err == nil {
 		if loaded != tr.reported {
 			klog.Infof("secrets encryption: the apiserver runs with configuration %s", loaded)
 		}
-		tr.reported, tr.reportedToken, tr.reportedAt = loaded, held, time.Now()
+		tr.reported, tr.reportedToken, tr.reportedCA, tr.reportedAt = loaded, held, e.cas.running, time.Now()
 	} else if ctx.Err() == nil {
 		klog.Warningf("secrets encryption: reporting this server's configuration: %v", err)
 	}
 }
+
+// Failed yields runner.ErrRestart when the server restarts for a CA rotation.
+func (e *encryptionKeys) Failed() <-chan error { return e.cas.restart }
 
 func (e *encryptionKeys) forget(ctx context.Context, kv clientv3.KV) error {
 	reports, err := secretsencrypt.ReadReports(ctx, kv)
@@ -184,6 +206,9 @@ func (e *encryptionKeys) sync(ctx context.Context, kv clientv3.KV, rev int64) (i
 		}
 		e.secret = data.ReplacedBy
 		return 0, false, nil
+	}
+	if err := e.cas.apply(data.Files, e.secret); err != nil {
+		return rev, false, fmt.Errorf("writing the cluster's CAs: %w", err)
 	}
 	changed, err := writeEncryptionConfig(e.path, data.Encryption)
 	if err != nil {

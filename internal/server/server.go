@@ -187,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, renewer, sup, api, kcm, sched,
-		&encryptionKeys{ds: ds, token: held, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
+		&encryptionKeys{ds: ds, tls: tlsDir, token: held, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
 		step("built-in manifests", func(context.Context) error { return writeBuiltinManifests(l.Manifests(), cfg) }),
 		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
 	if ds.Kind().Clustered() {

@@ -37,15 +37,8 @@ func (t serverToken) adopt(replaced, secret string) error {
 		return err
 	}
 	if replaced != "" && replaced != secret {
-		hashes, err := replacedTokens(t.layout)
-		if err != nil {
+		if err := addHash(t.layout.ReplacedTokens(), tokenHash(replaced)); err != nil {
 			return err
-		}
-		if h := tokenHash(replaced); !slices.Contains(hashes, h) {
-			hashes = append(hashes, h)
-			if err := fsutil.WriteFile(t.layout.ReplacedTokens(), []byte(strings.Join(hashes, "\n")+"\n"), 0o600); err != nil {
-				return err
-			}
 		}
 	}
 	full := token.Token{User: token.ServerUser, Secret: secret}.WithCA(ca)
@@ -66,12 +59,35 @@ func tokenHash(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func replacedTokens(l layout.Layout) ([]string, error) {
-	b, err := os.ReadFile(l.ReplacedTokens())
+// readHashes reads a file of hashes, one per line (none if it is missing).
+func readHashes(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	return strings.Fields(string(b)), err
+}
+
+// addHash adds h to the file of hashes at path.
+func addHash(path, h string) error {
+	hashes, err := readHashes(path)
+	if err != nil || slices.Contains(hashes, h) {
+		return err
+	}
+	return fsutil.WriteFile(path, []byte(strings.Join(append(hashes, h), "\n")+"\n"), 0o600)
+}
+
+// rememberServerCA keeps the pin of the server CA that files replace, so a
+// restart with a token pinned to it (a full token in a configuration) is
+// still this cluster's after 'hakube certificate rotate-ca'.
+func rememberServerCA(l layout.Layout, files map[string][]byte) error {
+	old, err := os.ReadFile(l.TLS().Cert(pki.ServerCA))
+	if errors.Is(err, os.ErrNotExist) || string(old) == string(files[pki.ServerCA+".crt"]) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	return addHash(l.ReplacedCAs(), token.HashCA(old))
 }
 
 // resolveToken picks the token: the one given, else the one stored in the
@@ -100,8 +116,17 @@ func resolveToken(c Config) (token.Token, error) {
 		return token.Token{}, fmt.Errorf("malformed token: %w", err)
 	}
 	// A snapshot is opened by the token it was taken under, replaced or not.
+	if stored != nil && stored.Secret == t.Secret && t.CAHash != "" && t.CAHash != stored.CAHash {
+		if hashes, err := readHashes(l.ReplacedCAs()); err != nil {
+			return token.Token{}, err
+		} else if slices.Contains(hashes, t.CAHash) {
+			klog.Warningf("the token given is pinned to a CA 'hakube certificate rotate-ca' replaced: this server uses the token in %s, "+
+				"pinned to the cluster's CA; give that one in its configuration", l.Token())
+			return *stored, nil
+		}
+	}
 	if stored != nil && stored.Secret != t.Secret && c.ClusterResetRestorePath == "" {
-		if hashes, err := replacedTokens(l); err != nil {
+		if hashes, err := readHashes(l.ReplacedTokens()); err != nil {
 			return token.Token{}, err
 		} else if slices.Contains(hashes, tokenHash(t.Secret)) {
 			klog.Warningf("the token given was replaced by 'hakube token rotate': this server uses the cluster's current one, in %s; "+

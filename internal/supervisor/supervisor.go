@@ -131,7 +131,9 @@ func (s *Supervisor) Start(context.Context) error {
 	if err != nil {
 		return err
 	}
-	clientCAs, err := pki.PoolFromFile(s.cfg.ClientCAFile)
+	// Read again when changed: a CA rotation trusts a new client CA
+	// before this server restarts.
+	clientCAs, err := pki.LoadPoolFile(s.cfg.ClientCAFile)
 	if err != nil {
 		return err
 	}
@@ -145,12 +147,21 @@ func (s *Supervisor) Start(context.Context) error {
 		ReadHeaderTimeout: 30 * time.Second,
 		TLSConfig: &tls.Config{
 			GetCertificate: cert.GetCertificate,
-			ClientCAs:      clientCAs,
 			// Certificates are optional: joiners and token-authenticated clients have none.
 			ClientAuth: tls.VerifyClientCertIfGiven,
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2", "http/1.1"},
 		},
+	}
+	base := s.server.TLSConfig
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		pool, err := clientCAs.Pool()
+		if err != nil {
+			return nil, err
+		}
+		c := base.Clone()
+		c.GetConfigForClient, c.ClientCAs = nil, pool
+		return c, nil
 	}
 	l := tls.NewListener(s.listener, s.server.TLSConfig)
 	go func() {

@@ -12,7 +12,8 @@ import (
 )
 
 // TestDqliteHACluster forms a three-server cluster on the Dqlite datastore
-// with the same join flow as etcd, loses its leader, removes a member that
+// with the same join flow as etcd, loses its leader, rotates its token and
+// its CAs, removes a member that
 // then rejoins, refuses a wrong token, restarts cold, loses its quorum and is
 // reset; every server serves the same objects at the same resource versions
 // throughout, and a snapshot is restored on a fresh machine.
@@ -72,10 +73,11 @@ func TestDqliteHACluster(t *testing.T) {
 	c.waitVoters(s1, 3)
 	c.CheckSameConfigMaps(t, "default")
 
-	// The token rotated; then a member removed with 'hakube etcd member
-	// remove' stops, and rejoins with --server (its old data moved aside)
-	// and the new token.
+	// The token and the CAs rotated; then a member removed with 'hakube
+	// etcd member remove' stops, and rejoins with --server (its old data
+	// moved aside) and the new token.
 	tokenRotation(t, c, fig)
+	caRotation(t, c, fig)
 	removeAndRejoin("dqlite", 100)(t, c, fig)
 	c.CheckSameConfigMaps(t, "default")
 

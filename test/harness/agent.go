@@ -69,5 +69,5 @@ func (s *Server) TokenFile() string { return s.Layout().Token() }
 // its environment.
 func (a *Agent) Hakube(args ...string) (string, int) {
 	a.t.Helper()
-	return runCommand(a.t, append(append(append([]string{}, a.Wrap...), Binary(a.t)), args...), a.Env)
+	return runCommand(a.t, append(append(append([]string{}, a.Wrap...), Binary(a.t)), args...), a.Env, commandTimeout)
 }

@@ -197,24 +197,33 @@ func Kubectl(wrap []string, kubeconfig, server string, args ...string) (string, 
 }
 
 // Hakube runs a hakube subcommand on the server's host with its data dir
-// and environment.
+// and environment, for up to commandTimeout.
 func (s *Server) Hakube(args ...string) (string, int) {
+	s.t.Helper()
+	return s.HakubeWithin(commandTimeout, args...)
+}
+
+// HakubeWithin is Hakube for a command that may take longer.
+func (s *Server) HakubeWithin(timeout time.Duration, args ...string) (string, int) {
 	s.t.Helper()
 	argv := append(append([]string{}, s.Wrap...), Binary(s.t))
 	argv = append(argv, args...)
 	argv = append(argv, "--data-dir", s.DataDir)
-	return runCommand(s.t, argv, s.Env)
+	return runCommand(s.t, argv, s.Env, timeout)
 }
 
 // RunHakube runs the binary to completion and returns its combined output and exit code.
 func RunHakube(tb testing.TB, env []string, args ...string) (string, int) {
 	tb.Helper()
-	return runCommand(tb, append([]string{Binary(tb)}, args...), env)
+	return runCommand(tb, append([]string{Binary(tb)}, args...), env, commandTimeout)
 }
 
-func runCommand(tb testing.TB, argv, env []string) (string, int) {
+// commandTimeout bounds a hakube command a test runs.
+const commandTimeout = 3 * time.Minute
+
+func runCommand(tb testing.TB, argv, env []string, timeout time.Duration) (string, int) {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)

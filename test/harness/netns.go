@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -130,6 +133,23 @@ func (h *Host) inNamespace(fn func() error) error {
 // DialContext dials from inside the host's namespace.
 func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	return h.DialContextWith(ctx, net.Dialer{}, network, addr)
+}
+
+// PresentedCert is the certificate the TLS server at addr presents, seen
+// from h, unverified: the caller checks what it needs of it.
+func (h *Host) PresentedCert(addr string) (*x509.Certificate, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := h.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", addr, err)
+	}
+	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true})
+	defer tc.Close()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", addr, err)
+	}
+	return tc.ConnectionState().PeerCertificates[0], nil
 }
 
 // DialContextWith dials from inside the host's namespace with d.

@@ -278,5 +278,5 @@ func (p *Process) LogTail(n int) string {
 // returns its output and exit code.
 func (p *Process) RunToExit(extra ...string) (string, int) {
 	p.t.Helper()
-	return runCommand(p.t, p.argv(extra...), p.Env)
+	return runCommand(p.t, p.argv(extra...), p.Env, commandTimeout)
 }

@@ -142,8 +142,9 @@ func TestCertificateRotateBadInput(t *testing.T) {
 	}
 }
 
-// TestTokenRotateBadInput: 'token rotate' names what is wrong and writes
-// nothing. (With a server, the e2e tests check the rest.)
+// TestTokenRotateBadInput: 'token rotate' and 'certificate rotate-ca' name
+// what is wrong and write nothing. (With a server, the e2e and nodes tests
+// check the rest.)
 func TestTokenRotateBadInput(t *testing.T) {
 	empty := t.TempDir()
 	withCA := t.TempDir()
@@ -166,6 +167,12 @@ func TestTokenRotateBadInput(t *testing.T) {
 		out, code := harness.RunHakube(t, nil, append([]string{"token", "rotate", "--data-dir", c.dir}, c.args...)...)
 		if code == 0 || !strings.Contains(out, c.want) {
 			t.Errorf("%v: exit %d, want a failure saying %q:\n%s", c.args, code, c.want, out)
+		}
+	}
+	// rotate-ca: on what is no server, and on a server whose token is gone.
+	for dir, want := range map[string]string{empty: "run this on a server, with its --data-dir", withCA: "reading this server's token"} {
+		if out, code := harness.RunHakube(t, nil, "certificate", "rotate-ca", "--data-dir", dir); code == 0 || !strings.Contains(out, want) {
+			t.Errorf("rotate-ca in %s: exit %d, want a failure saying %q:\n%s", dir, code, want, out)
 		}
 	}
 	if entries, _ := os.ReadDir(empty); len(entries) != 0 {

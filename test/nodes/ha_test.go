@@ -3,7 +3,6 @@ package nodes
 import (
 	"context"
 	"crypto"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -29,7 +28,10 @@ import (
 // client-side load balancer, stays Ready and runs a new pod. On etcd and on
 // Dqlite. Every certificate lasts two minutes (HAKUBE_CERT_VALIDITY): the
 // servers and the agent renew theirs while they run, with no restart, and the
-// cluster works on past the expiry of the ones they started with. The servers run the control plane alone (--disable-agent): four
+// cluster works on past the expiry of the ones they started with. On etcd,
+// 'hakube certificate rotate-ca' then replaces the cluster's CAs while the
+// kubelet keeps renewing its client certificate through the CSR API. The
+// servers run the control plane alone (--disable-agent): four
 // kubelets next to three datastore members are more than this machine's two
 // cores carry without starving the members' heartbeats.
 func TestAgentSurvivesServerLoss(t *testing.T) {
@@ -109,6 +111,64 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 		t.Fatalf("phase %s", pod.Status.Phase)
 	}
 	renewedInPlace(t, nw, c, a, first)
+	if kind == "etcd" {
+		rotatedCA(t, fig, nw, c, a)
+	}
+}
+
+// rotatedCA: 'hakube certificate rotate-ca' on the running cluster (on
+// etcd; the Dqlite one is in test/e2e). Every server and the agent end up
+// holding the same new bundles, trusting the new CAs alone, and every port
+// presents a certificate of the new CA; the agent restarted in place, twice
+// (as the same process); the cluster runs a new pod on the agent and serves
+// its log (the apiserver's kubelet client and the kubelet's serving
+// certificate, both new), and etcd keeps three voters.
+func rotatedCA(t *testing.T, fig harness.Figures, nw *harness.Network, c *harness.Cluster, a *harness.Agent) {
+	t.Helper()
+	s2 := c.Servers[1]
+	oldToken := harness.ReadToken(t, s2.Layout().Token())
+	pid := a.Pid()
+	began := time.Now()
+	out, bundle, newCA := harness.RotateCA(t, s2)
+	fig.Record(t, "rotate_ca_3_servers_1_agent", time.Since(began))
+	t.Logf("hakube certificate rotate-ca (%s):\n%s", time.Since(began).Round(time.Second), out)
+	held := map[string]string{a.Name: a.Layout().AgentTLS().Cert(pki.ServerCA)}
+	for _, s := range c.Servers {
+		held[s.Name] = s.Layout().TLS().Cert(pki.ServerCA)
+	}
+	for name, f := range held {
+		if b, err := os.ReadFile(f); err != nil || string(b) != string(bundle) {
+			t.Errorf("%s holds another server CA bundle than %s (%v)", name, s2.Name, err)
+		}
+	}
+	newTok := harness.ReadToken(t, s2.Layout().Token())
+	if newTok.Secret != oldToken.Secret || newTok.CAHash == oldToken.CAHash || !strings.Contains(out, newTok.String()) {
+		t.Errorf("the token after the rotation is %s (was %s); the command printed:\n%s", newTok, oldToken, out)
+	}
+	if a.Pid() != pid || !a.Running() {
+		t.Fatalf("the agent is not the process it was (pid %d, was %d)", a.Pid(), pid)
+	}
+	if n := strings.Count(a.FullLog(), "restarting in place to trust the new ones"); n != 2 {
+		t.Errorf("the agent restarted in place %d times for the new CAs, want 2 (one per step)", n)
+	}
+
+	cs := s2.Client()
+	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
+	ports := map[string]*harness.Host{net.JoinHostPort(nw.Hosts[3].IP, "10250"): nw.Hosts[3]}
+	for _, s := range c.Servers {
+		ports[net.JoinHostPort(s.Host, "6443")] = c.HostOf(s)
+	}
+	for addr, h := range ports {
+		cert, err := h.PresentedCert(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cert.CheckSignatureFrom(newCA); err != nil {
+			t.Errorf("%s presents a certificate the new server CA did not sign: %v", addr, err)
+		}
+	}
+	podServesLog(t, cs, s2, "after-ca-rotation", "agent-1")
+	c.WaitVoters(t, s2, 3)
 }
 
 // shortCerts makes every leaf certificate last two minutes: renewed 39 s
@@ -145,19 +205,10 @@ func presentedNow(nw *harness.Network, c *harness.Cluster) (map[string]string, e
 	}{
 		{s2, net.JoinHostPort(s2.IP, "6443")}, {s2, "127.0.0.1:6444"}, {agentHost, net.JoinHostPort(agentHost.IP, "10250")},
 	} {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, err := at.h.DialContext(ctx, "tcp", at.addr)
-		cancel()
+		cert, err := at.h.PresentedCert(at.addr)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %v", at.addr, err)
+			return nil, err
 		}
-		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) // only the certificate is looked at
-		err = tc.Handshake()
-		tc.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %v", at.addr, err)
-		}
-		cert := tc.ConnectionState().PeerCertificates[0]
 		if time.Now().After(cert.NotAfter) {
 			return nil, fmt.Errorf("%s presents a certificate that expired at %s", at.addr, cert.NotAfter)
 		}
@@ -224,14 +275,7 @@ func renewedInPlace(t *testing.T, nw *harness.Network, c *harness.Cluster, a *ha
 	cs := s2.Client()
 	waitFor(t, time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
 	kubeletRotatedClient(t, cs, a)
-	p := webPod("after-expiry", "", nil)
-	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	runningPod(t, cs, "default", "after-expiry", 2*time.Minute)
-	if _, err := s2.Kubectl("logs", "after-expiry"); err != nil {
-		t.Fatal(err)
-	}
+	podServesLog(t, cs, s2, "after-expiry", "")
 	// A leaf is renewed within 5 s of entering its 39 s window: one with
 	// 10 s left is late (a renewal request may take its 30 s on a loaded
 	// machine).
@@ -271,6 +315,20 @@ func renewedInPlace(t *testing.T, nw *harness.Network, c *harness.Cluster, a *ha
 
 	s1.Start()
 	c.WaitVoters(t, s2, 3)
+}
+
+// podServesLog: a new pod runs (on node, if given) and s serves its log,
+// through the apiserver's kubelet client and the kubelet's serving
+// certificate.
+func podServesLog(t *testing.T, cs kubernetes.Interface, s *harness.Server, name, node string) {
+	t.Helper()
+	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), webPod(name, node, nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	runningPod(t, cs, "default", name, 2*time.Minute)
+	if _, err := s.Kubectl("logs", name); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // kubeletRotatedClient: agent-1's kubelet renewed its client certificate

@@ -12,13 +12,18 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/fsutil"
@@ -26,6 +31,7 @@ import (
 	"github.com/hakube/hakube/internal/kubeconfig"
 	"github.com/hakube/hakube/internal/layout"
 	"github.com/hakube/hakube/internal/pki"
+	"github.com/hakube/hakube/internal/runner"
 	"github.com/hakube/hakube/internal/token"
 )
 
@@ -71,13 +77,21 @@ type Credentials struct {
 	cfg     Config
 	cluster join.NodeCluster
 	req     join.NodeRequest
+	// trust is the pki.NodeTrust of the CAs this process's daemons run with.
+	trust string
+	// restart yields runner.ErrRestart when the CAs change (a rotation).
+	restart chan error
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 // New returns the component.
-func New(cfg Config) *Credentials { return &Credentials{cfg: cfg} }
+func New(cfg Config) *Credentials { return &Credentials{cfg: cfg, restart: make(chan error, 1)} }
+
+// Failed yields runner.ErrRestart when the node restarts in place to trust
+// the cluster's rotated CAs.
+func (c *Credentials) Failed() <-chan error { return c.restart }
 
 func (c *Credentials) Name() string { return "node credentials" }
 
@@ -138,6 +152,10 @@ func (c *Credentials) Start(ctx context.Context) error {
 	if err := c.write(creds); err != nil {
 		return err
 	}
+	c.trust = pki.NodeTrust([]byte(creds.ServerCA), []byte(creds.ClientCA))
+	if err := c.dropStaleKubeletCert(creds.ClientCA); err != nil {
+		return err
+	}
 	for daemon, cert := range map[string]string{Kubelet: KubeletClient, Proxy: ProxyClient, Network: NetworkClient} {
 		if err := kubeconfig.Write(c.cfg.Layout.AgentKubeconfig(daemon), kubeconfig.Config{
 			Server: c.cfg.APIServer, CAFile: tlsDir.Cert(pki.ServerCA), CertFile: tlsDir.Cert(cert), KeyFile: tlsDir.Key(cert),
@@ -193,12 +211,18 @@ const renewEvery = 5 * time.Second
 func (c *Credentials) renewLoop(ctx context.Context, lt pki.Lifetimes) {
 	t := time.NewTicker(min(renewEvery, lt.CheckEvery))
 	defer t.Stop()
-	var failed time.Time
+	var failed, trustChecked time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if time.Since(trustChecked) >= trustEvery {
+			if err := c.followCAs(ctx); err != nil && ctx.Err() == nil {
+				klog.Warningf("node: following the cluster's CAs: %v", err)
+			}
+			trustChecked = time.Now()
 		}
 		why := c.renewalDue(lt)
 		if why == "" {
@@ -216,6 +240,87 @@ func (c *Credentials) renewLoop(ctx context.Context, lt pki.Lifetimes) {
 			failed = time.Now()
 		}
 	}
+}
+
+// Annotations of a node's own Node object for 'hakube certificate
+// rotate-ca': TrustAnnotation is the pki.NodeTrust of the CAs the node's
+// daemons run with (the node writes it), WantedTrustAnnotation the
+// cluster's once every server runs with them (the command writes it).
+const (
+	TrustAnnotation       = "hakube.io/ca-trust"
+	WantedTrustAnnotation = "hakube.io/ca-trust-wanted"
+)
+
+// trustEvery is how often a node reads its Node object for a CA rotation:
+// a GET.
+const trustEvery = 10 * time.Second
+
+// followCAs says which CAs this node runs with, on its Node object, and
+// when a rotation wants others: it gets certificates of the new CAs and
+// their bundles, and restarts in place, as what holds a CA (client-go's
+// kubeconfigs) reads it once.
+func (c *Credentials) followCAs(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cs, err := kubeconfig.Client(c.cfg.Layout.AgentKubeconfig(Kubelet))
+	if err != nil {
+		return err
+	}
+	node, err := cs.CoreV1().Nodes().Get(ctx, c.cfg.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // the kubelet registers it
+	} else if err != nil {
+		return err
+	}
+	if node.Annotations[TrustAnnotation] != c.trust {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{TrustAnnotation: c.trust}}})
+		if _, err := cs.CoreV1().Nodes().Patch(ctx, c.cfg.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return err
+		}
+	}
+	wanted := node.Annotations[WantedTrustAnnotation]
+	if wanted == "" || wanted == c.trust {
+		return nil
+	}
+	creds, err := c.ask(ctx, c.cfg.APIServer, nil, func(err error) (error, bool) { return err, true })
+	if err != nil {
+		return err
+	}
+	if got := pki.NodeTrust([]byte(creds.ServerCA), []byte(creds.ClientCA)); got != wanted {
+		return fmt.Errorf("a CA rotation wants CAs %s, and the server answered with %s: retrying", wanted, got)
+	}
+	if err := c.write(creds); err != nil {
+		return err
+	}
+	klog.Infof("node: the cluster's CAs were rotated: restarting in place to trust the new ones (%s)", wanted)
+	select {
+	case c.restart <- fmt.Errorf("%w: to trust the cluster's rotated CAs", runner.ErrRestart):
+	default:
+	}
+	return nil
+}
+
+// dropStaleKubeletCert removes the kubelet's client certificate from the
+// CSR API (--cert-dir) when the client CA did not sign it, so the kubelet
+// starts with the one just issued (its kubeconfig's), which a CA rotation
+// made: servers that trust the new CA alone refuse the other.
+func (c *Credentials) dropStaleKubeletCert(clientCA string) error {
+	current := filepath.Join(c.cfg.Layout.KubeletCerts(), "kubelet-client-current.pem")
+	b, err := os.ReadFile(current)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	ca, err := pki.ParseCert([]byte(clientCA))
+	if err != nil {
+		return err
+	}
+	if cert, err := pki.ParseCert(b); err == nil && cert.CheckSignatureFrom(ca) == nil {
+		return nil
+	}
+	klog.Infof("node: %s is not signed by the cluster's client CA (rotated): the kubelet starts with the certificate just issued", current)
+	return os.Remove(current)
 }
 
 // renewalDue says why the node's certificates must be renewed now, or "".
