@@ -43,10 +43,10 @@ next begins:
 
 Every certificate of a new CA carries its cross-signature, so what still trusts only the old CA (a node
 not yet restarted, a pod that read its service-account CA at its start) keeps verifying it. The
-service-account signing key is kept. The server CA's pin in the join token changes: the command prints
-the new token. A server or node that was stopped takes the new CAs at its next start; a node stopped for
-the whole rotation joins again with a token. Safe to run again after an interruption: it goes on from the
-step the cluster is in.`,
+service-account signing key is kept. The server CA's pin in full join tokens changes: the command prints
+the new tokens. A server or node that is down holds the rotation up (start it, or remove it); a node
+stopped for the whole rotation joins again with a token. Safe to run again after an interruption: it goes
+on from the step the cluster is in.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return rotateCA(cmd.Context(), layout.New(*dataDir), wait, cmd.OutOrStdout())
@@ -62,8 +62,6 @@ type caRotation struct {
 	secret string
 	wait   time.Duration
 	out    io.Writer
-	// toldDown names the servers said to be down, said once each.
-	toldDown map[string]bool
 }
 
 func rotateCA(ctx context.Context, l layout.Layout, wait time.Duration, out io.Writer) error {
@@ -78,7 +76,7 @@ func rotateCA(ctx context.Context, l layout.Layout, wait time.Duration, out io.W
 	// The datastore client's reconnections while this server restarts are
 	// expected: errors only.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
-	r := caRotation{l: l, secret: srv.secret, wait: wait, out: out, toldDown: map[string]bool{}}
+	r := caRotation{l: l, secret: srv.secret, wait: wait, out: out}
 	began := time.Now()
 	data, err := r.load(ctx)
 	if err != nil {
@@ -130,6 +128,9 @@ func rotateCA(ctx context.Context, l layout.Layout, wait time.Duration, out io.W
 	}
 	fmt.Fprintf(out, "the cluster's CAs are rotated (%s): every running server and node trusts the new CAs only.\n"+
 		"joins with a full token need the new one (its CA pin changed):\n%s", time.Since(began).Round(time.Second), tok)
+	if agentTok, err := os.ReadFile(l.AgentToken()); err == nil {
+		fmt.Fprintf(out, "and the agent token, pinned to the new CA:\n%s", agentTok)
+	}
 	return nil
 }
 
@@ -179,11 +180,10 @@ func (r caRotation) withKV(ctx context.Context, f func(context.Context, serverDa
 	return nil
 }
 
-// rollOut waits until every running server runs with the CA bundles in
-// files, then tells every node (an annotation on its Node) and waits until
-// each runs with them. A server that is down takes them at its start; a
-// node that is down holds the rotation up, as its certificates would be
-// refused once the old CAs are.
+// rollOut waits until every server runs with the CA bundles in files,
+// then tells every node (an annotation on its Node) and waits until each
+// runs with them. One that is down holds the rotation up: once the old CAs
+// are no longer trusted, its certificates would be refused.
 func (r caRotation) rollOut(ctx context.Context, files map[string][]byte, what string) error {
 	want := pki.SharedTrust(files)
 	nodeWant := pki.NodeTrust(files[pki.ServerCA+".crt"], files[pki.ClientCA+".crt"])
@@ -238,28 +238,22 @@ func (r caRotation) serversBehind(ctx context.Context, want string) ([]string, e
 		if err != nil {
 			return err
 		}
-		resp, err := s.kv.Get(ctx, server.CATurnKey)
+		turn, _, err := server.ReadCATurn(ctx, s.kv)
 		if err != nil {
 			return err
 		}
-		turn := ""
-		if len(resp.Kvs) > 0 {
-			turn = string(resp.Kvs[0].Value)
-		}
 		for _, rep := range reports {
 			age := time.Since(rep.Updated)
-			if rep.CA == want || age > secretsencrypt.GoneAfter {
-				continue
-			}
 			switch {
-			case strings.Contains(turn, `"`+rep.Server+`"`):
+			case rep.CA == want || age > secretsencrypt.GoneAfter:
+			case rep.Server == turn:
 				behind = slices.Insert(behind, 0, rep.Server+" (restarting)")
 			case age > secretsencrypt.DownAfter:
-				if r.toldDown[rep.Server] {
-					continue
-				}
-				r.toldDown[rep.Server] = true
-				fmt.Fprintf(r.out, "server %s is down (last seen %s ago): it takes the new CAs at its start\n", rep.Server, age.Round(time.Second))
+				// It would take the CAs at its start; but a step stored
+				// while it is down could leave it unable to reach its
+				// datastore peers, which then trust the new CAs alone.
+				behind = append(behind, fmt.Sprintf("%s (down for %s: start it, or remove it from the datastore with 'hakube etcd member remove')",
+					rep.Server, age.Round(time.Second)))
 			default:
 				behind = append(behind, rep.Server)
 			}

@@ -39,6 +39,10 @@ var ErrUnavailable = errors.New("the server is not available")
 // with the token instead, which checks the CA again.
 var ErrCertificateRefused = errors.New("the node's certificate was refused")
 
+// ErrPinMismatch means the server's CA bundle is not the one a full token
+// pins: another cluster, or this one after 'hakube certificate rotate-ca'.
+var ErrPinMismatch = errors.New("the server's CA is not the one the token pins")
+
 // Client joins through the server at URL.
 type Client struct {
 	URL     string
@@ -110,8 +114,9 @@ func (c *Client) VerifyCA(ctx context.Context) error {
 	}
 	if c.Token.CAHash != "" {
 		if got := token.HashCA(ca); got != c.Token.CAHash {
-			return fmt.Errorf("CA check failed: the server at %s presents a CA with hash %s, but the token pins %s; "+
-				"the token belongs to another cluster, or something is intercepting the connection", c.URL, got, c.Token.CAHash)
+			return fmt.Errorf("CA check failed (%w): the server at %s presents a CA with hash %s, but the token pins %s; "+
+				"the token belongs to another cluster (or to this one before 'hakube certificate rotate-ca'), "+
+				"or something is intercepting the connection", ErrPinMismatch, c.URL, got, c.Token.CAHash)
 		}
 	} else {
 		want := Proof(ProofKey(c.Token.Secret), nonce, ca)
@@ -194,6 +199,10 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, into 
 	var op *net.OpError
 	if c.cert != nil && (errors.As(err, &verify) || (errors.As(err, &op) && op.Op == "remote error")) {
 		return fmt.Errorf("%w: %s %s%s: %v", ErrCertificateRefused, method, c.URL, path, err)
+	}
+	if errors.As(err, &verify) {
+		return fmt.Errorf("the server at %s presents a certificate that does not chain to the CA trusted here (%v): "+
+			"it is not a server of this cluster, or the cluster was created anew", c.URL, err)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %s %s%s: %v", ErrUnavailable, method, c.URL, path, err)

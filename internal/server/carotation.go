@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
 
+	"github.com/hakube/hakube/internal/datastore"
 	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/runner"
 	"github.com/hakube/hakube/internal/secretsencrypt"
@@ -31,8 +32,11 @@ type caRollout struct {
 	tls    pki.Dir
 	server string
 	token  serverToken
-	// running is the SharedTrust this process started with; want is the
-	// cluster's ("" until read).
+	// members lists the datastore's members with their health; none on a
+	// datastore that is not embedded.
+	members func(context.Context) ([]datastore.Member, error)
+	// running is the SharedTrust this process's daemons started with; want
+	// is the cluster's ("" until read).
 	running, want string
 	// settled: this process runs with the cluster's CAs and holds no turn.
 	settled bool
@@ -41,12 +45,27 @@ type caRollout struct {
 	said time.Time
 }
 
-func newCARollout(tls pki.Dir, server string, token serverToken) (*caRollout, error) {
-	files, err := tls.ReadShared()
-	if err != nil {
-		return nil, err
+// record notes the CA files before the datastore's member starts, which
+// mints its certificates from them; none on a new server.
+func (r *caRollout) record(context.Context) error {
+	if files, err := r.tls.ReadShared(); err == nil {
+		r.running = pki.SharedTrust(files)
 	}
-	return &caRollout{tls: tls, server: server, token: token, running: pki.SharedTrust(files), restart: make(chan error, 1)}, nil
+	return nil
+}
+
+// started completes what the process runs with, once the cluster bootstrap
+// wrote the cluster's CA files: those, for the daemons that start after it.
+func (r *caRollout) started() error {
+	if r.running != "" {
+		return nil
+	}
+	files, err := r.tls.ReadShared()
+	if err != nil {
+		return err
+	}
+	r.running = pki.SharedTrust(files)
+	return nil
 }
 
 // apply writes the cluster's CA files if they changed; secret is the
@@ -71,7 +90,7 @@ func (r *caRollout) tick(ctx context.Context, kv clientv3.KV, reported bool) err
 	if r.want == "" || (r.want == r.running && r.settled) {
 		return nil
 	}
-	holder, rev, err := readTurn(ctx, kv)
+	holder, rev, err := ReadCATurn(ctx, kv)
 	if err != nil {
 		return err
 	}
@@ -109,8 +128,18 @@ func (r *caRollout) tick(ctx context.Context, kv clientv3.KV, reported bool) err
 		r.log("waiting for %s, which restarts with the new CAs", holder)
 		return nil
 	}
+	members, err := r.members(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if !m.Learner && !m.Healthy {
+			r.log("waiting for datastore member %s, which is not healthy: a restart now could lose the quorum", m.Name)
+			return nil
+		}
+	}
 	if holder != r.server {
-		b, _ := json.Marshal(turn{Server: r.server, Since: time.Now().UTC()})
+		b, _ := json.Marshal(turn{Server: r.server})
 		txn := kv.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(CATurnKey), "=", rev)).Then(clientv3.OpPut(CATurnKey, string(b)))
 		if rev != 0 {
 			// kine takes a compare-and-put at a revision with this Else only.
@@ -138,13 +167,12 @@ func (r *caRollout) log(format string, args ...any) {
 
 // turn is CATurnKey's value.
 type turn struct {
-	Server string    `json:"server"`
-	Since  time.Time `json:"since"`
+	Server string `json:"server"`
 }
 
-// readTurn is the server holding the turn ("" if none) and the key's
+// ReadCATurn is the server holding the turn ("" if none) and the key's
 // revision (0 if absent).
-func readTurn(ctx context.Context, kv clientv3.KV) (string, int64, error) {
+func ReadCATurn(ctx context.Context, kv clientv3.KV) (string, int64, error) {
 	resp, err := kv.Get(ctx, CATurnKey)
 	if err != nil || len(resp.Kvs) == 0 {
 		return "", 0, err

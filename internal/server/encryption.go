@@ -14,7 +14,6 @@ import (
 	"github.com/hakube/hakube/internal/bootstrap"
 	"github.com/hakube/hakube/internal/controlplane"
 	"github.com/hakube/hakube/internal/datastore"
-	"github.com/hakube/hakube/internal/pki"
 	"github.com/hakube/hakube/internal/secretsencrypt"
 )
 
@@ -28,7 +27,6 @@ import (
 // rotate-ca'.
 type encryptionKeys struct {
 	ds     datastore.Datastore
-	tls    pki.Dir
 	cas    *caRollout
 	secret string
 	token  serverToken
@@ -64,7 +62,7 @@ func (e *encryptionKeys) Start(ctx context.Context) error {
 		return errors.New("no token in " + e.token.layout.Token())
 	}
 	e.secret = held.Secret
-	if e.cas, err = newCARollout(e.tls, e.server, e.token); err != nil {
+	if err := e.cas.started(); err != nil {
 		return err
 	}
 	cli, err := datastore.Client(e.ds.Endpoint())

@@ -170,6 +170,17 @@ func Run(ctx context.Context, cfg Config) error {
 			}, mode)
 		}
 	}
+	cas := &caRollout{tls: tlsDir, server: id.Name, token: held, restart: make(chan error, 1),
+		members: func(ctx context.Context) ([]datastore.Member, error) {
+			if m, ok := embedded(ds).(datastore.Membership); ok {
+				return m.Members(ctx)
+			}
+			return nil, nil
+		}}
+	// The CAs the datastore's member starts with: a server stopped while a
+	// rotation began mints its peer certificates from its old files, and
+	// restarts at its turn once the cluster bootstrap wrote the new ones.
+	recordCAs := step("CAs the datastore starts with", cas.record)
 	components := []component.Component{&datadir.DataDir{Layout: l, Dirs: dirs}}
 	switch joining, isJoining := ds.(*joiningDatastore); {
 	case isJoining:
@@ -177,17 +188,17 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		components = append(components, &joinCluster{client: client, layout: l, nodeName: id.Name, critical: critical, target: joining}, ds)
+		components = append(components, &joinCluster{client: client, layout: l, nodeName: id.Name, critical: critical, target: joining}, recordCAs, ds)
 	case ds.Kind().Clustered():
-		components = append(components, step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }), ds)
+		components = append(components, step("cluster CAs", func(context.Context) error { return tlsDir.EnsureCAs() }), recordCAs, ds)
 	default:
-		components = append(components, ds)
+		components = append(components, recordCAs, ds)
 	}
 	if mig != nil {
 		components = append(components, step("migration from "+string(mig.kind), func(ctx context.Context) error { return mig.run(ctx, ds) }))
 	}
 	components = append(components, boot, renewer, sup, api, kcm, sched,
-		&encryptionKeys{ds: ds, tls: tlsDir, token: held, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
+		&encryptionKeys{ds: ds, cas: cas, token: held, server: id.Name, path: l.EncryptionConfig(), forgetOthers: reset != nil || mig != nil},
 		step("built-in manifests", func(context.Context) error { return writeBuiltinManifests(l.Manifests(), cfg) }),
 		manifests.New(manifests.Config{Dir: l.Manifests(), Kubeconfig: l.Kubeconfig("admin")}))
 	if ds.Kind().Clustered() {

@@ -92,9 +92,10 @@ func rememberServerCA(l layout.Layout, files map[string][]byte) error {
 
 // resolveToken picks the token: the one given, else the one stored in the
 // data dir, else a new random one. A given token that 'hakube token rotate'
-// replaced gives way to the stored one, except for a snapshot restore. Any
-// other given token is tried: the datastore tells whether it is the
-// cluster's (clusterBootstrap).
+// replaced, or pinned to a CA 'hakube certificate rotate-ca' replaced, gives
+// way to the stored one, except for a snapshot restore. Any other given
+// token is tried: the datastore tells whether it is the cluster's
+// (clusterBootstrap).
 func resolveToken(c Config) (token.Token, error) {
 	given, err := token.Given(c.Token, c.TokenFile, "token")
 	if err != nil {
@@ -115,7 +116,11 @@ func resolveToken(c Config) (token.Token, error) {
 	if err != nil {
 		return token.Token{}, fmt.Errorf("malformed token: %w", err)
 	}
-	// A snapshot is opened by the token it was taken under, replaced or not.
+	if c.ClusterResetRestorePath != "" {
+		// A snapshot is opened by the token it was taken under, replaced
+		// or not, pinned to the CA of its time.
+		return t, nil
+	}
 	if stored != nil && stored.Secret == t.Secret && t.CAHash != "" && t.CAHash != stored.CAHash {
 		if hashes, err := readHashes(l.ReplacedCAs()); err != nil {
 			return token.Token{}, err
@@ -125,7 +130,7 @@ func resolveToken(c Config) (token.Token, error) {
 			return *stored, nil
 		}
 	}
-	if stored != nil && stored.Secret != t.Secret && c.ClusterResetRestorePath == "" {
+	if stored != nil && stored.Secret != t.Secret {
 		if hashes, err := readHashes(l.ReplacedTokens()); err != nil {
 			return token.Token{}, err
 		} else if slices.Contains(hashes, tokenHash(t.Secret)) {

@@ -149,8 +149,11 @@ func (s *Supervisor) Start(context.Context) error {
 			GetCertificate: cert.GetCertificate,
 			// Certificates are optional: joiners and token-authenticated clients have none.
 			ClientAuth: tls.VerifyClientCertIfGiven,
-			MinVersion: tls.VersionTLS12,
-			NextProtos: []string{"h2", "http/1.1"},
+			// A resumed session is not verified against the client CA again:
+			// after a CA rotation, a certificate of the old CA must be refused.
+			SessionTicketsDisabled: true,
+			MinVersion:             tls.VersionTLS12,
+			NextProtos:             []string{"h2", "http/1.1"},
 		},
 	}
 	base := s.server.TLSConfig

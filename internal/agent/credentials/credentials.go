@@ -395,7 +395,19 @@ func (c *Credentials) tokenClient(ctx context.Context, url string, until func(er
 	if err != nil {
 		return nil, err
 	}
-	if err := retry(until, func() error { return cl.VerifyCA(ctx) }); err != nil {
+	err = retry(until, func() error { return cl.VerifyCA(ctx) })
+	if errors.Is(err, join.ErrPinMismatch) {
+		// A node that joined before trusts the CA it verified then: after a
+		// CA rotation the servers' certificates chain to it, through the
+		// new CA's cross-signature, and the token's pin is the old CA's.
+		held, rerr := os.ReadFile(c.cfg.Layout.AgentTLS().Cert(pki.ServerCA))
+		if rerr != nil {
+			return nil, err
+		}
+		klog.Warningf("node: %v; asking with the token over TLS verified against the CA this node holds", err)
+		return join.NewVerifiedClient(url, c.cfg.Token, held)
+	}
+	if err != nil {
 		return nil, err
 	}
 	klog.Infof("node: the CA of %s is verified against the token", url)
