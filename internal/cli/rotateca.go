@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/grpclog"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -58,25 +57,19 @@ on from the step the cluster is in.`,
 
 // caRotation runs 'hakube certificate rotate-ca' from a server's data dir.
 type caRotation struct {
-	l      layout.Layout
-	secret string
-	wait   time.Duration
-	out    io.Writer
+	l    layout.Layout
+	wait time.Duration
+	out  io.Writer
 }
 
 func rotateCA(ctx context.Context, l layout.Layout, wait time.Duration, out io.Writer) error {
 	if !fsutil.Exists(l.TLS().Key(pki.ServerCA)) {
 		return fmt.Errorf("no cluster CA in %s: run this on a server, with its --data-dir", l.TLS())
 	}
-	srv, err := openServerDatastore(l)
-	if err != nil {
-		return err
-	}
-	srv.kv.Close()
 	// The datastore client's reconnections while this server restarts are
 	// expected: errors only.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
-	r := caRotation{l: l, secret: srv.secret, wait: wait, out: out}
+	r := caRotation{l: l, wait: wait, out: out}
 	began := time.Now()
 	data, err := r.load(ctx)
 	if err != nil {
@@ -279,8 +272,7 @@ func (r caRotation) nodesBehind(ctx context.Context, want string) ([]string, err
 	var behind []string
 	for _, n := range nodes.Items {
 		if n.Annotations[credentials.WantedTrustAnnotation] != want {
-			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, credentials.WantedTrustAnnotation, want)
-			if _, err := client.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			if err := credentials.Annotate(ctx, client, n.Name, credentials.WantedTrustAnnotation, want); err != nil {
 				return nil, err
 			}
 		}

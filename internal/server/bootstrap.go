@@ -116,10 +116,7 @@ func (b *clusterBootstrap) Start(ctx context.Context) error {
 	if _, err := writeEncryptionConfig(b.encryptionConfig, data.Encryption); err != nil {
 		return err
 	}
-	if err := rememberServerCA(b.token.layout, data.Files); err != nil {
-		return err
-	}
-	changed, err := b.tlsDir.WriteShared(data.Files)
+	changed, err := writeCAs(b.token.layout, data.Files)
 	if err != nil {
 		return fmt.Errorf("writing the cluster's CAs: %w", err)
 	}

@@ -72,10 +72,7 @@ func (r *caRollout) started() error {
 // token's, which server/token pins to the server CA.
 func (r *caRollout) apply(files map[string][]byte, secret string) error {
 	r.want = pki.SharedTrust(files)
-	if err := rememberServerCA(r.token.layout, files); err != nil {
-		return err
-	}
-	changed, err := r.tls.WriteShared(files)
+	changed, err := writeCAs(r.token.layout, files)
 	if err != nil || len(changed) == 0 {
 		return err
 	}

@@ -77,17 +77,22 @@ func addHash(path, h string) error {
 	return fsutil.WriteFile(path, []byte(strings.Join(append(hashes, h), "\n")+"\n"), 0o600)
 }
 
-// rememberServerCA keeps the pin of the server CA that files replace, so a
-// restart with a token pinned to it (a full token in a configuration) is
-// still this cluster's after 'hakube certificate rotate-ca'.
-func rememberServerCA(l layout.Layout, files map[string][]byte) error {
+// writeCAs writes the cluster's CA files (pki.Dir.WriteShared), keeping the
+// pin of the server CA they replace, so a restart with a token pinned to it
+// (a full token in a configuration) is still this cluster's after 'hakube
+// certificate rotate-ca'. It returns the names of the files that changed.
+func writeCAs(l layout.Layout, files map[string][]byte) ([]string, error) {
 	old, err := os.ReadFile(l.TLS().Cert(pki.ServerCA))
-	if errors.Is(err, os.ErrNotExist) || string(old) == string(files[pki.ServerCA+".crt"]) {
-		return nil
-	} else if err != nil {
-		return err
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, err
+	case string(old) != string(files[pki.ServerCA+".crt"]):
+		if err := addHash(l.ReplacedCAs(), token.HashCA(old)); err != nil {
+			return nil, err
+		}
 	}
-	return addHash(l.ReplacedCAs(), token.HashCA(old))
+	return l.TLS().WriteShared(files)
 }
 
 // resolveToken picks the token: the one given, else the one stored in the

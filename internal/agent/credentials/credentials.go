@@ -24,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/hakube/hakube/internal/fsutil"
@@ -79,6 +80,8 @@ type Credentials struct {
 	req     join.NodeRequest
 	// trust is the pki.NodeTrust of the CAs this process's daemons run with.
 	trust string
+	// kube reaches the API as the kubelet, for the node's own Node.
+	kube kubernetes.Interface
 	// restart yields runner.ErrRestart when the CAs change (a rotation).
 	restart chan error
 
@@ -162,6 +165,9 @@ func (c *Credentials) Start(ctx context.Context) error {
 		}, 0o600); err != nil {
 			return err
 		}
+	}
+	if c.kube, err = kubeconfig.Client(c.cfg.Layout.AgentKubeconfig(Kubelet)); err != nil {
+		return err
 	}
 	c.cluster = creds.Cluster
 	klog.Infof("node: certificates received for node %s", c.cfg.Name)
@@ -251,6 +257,16 @@ const (
 	WantedTrustAnnotation = "hakube.io/ca-trust-wanted"
 )
 
+// Annotate sets one annotation of the Node called name.
+func Annotate(ctx context.Context, cs kubernetes.Interface, name, key, value string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{key: value}}})
+	if err != nil {
+		return err
+	}
+	_, err = cs.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
 // trustEvery is how often a node reads its Node object for a CA rotation:
 // a GET.
 const trustEvery = 10 * time.Second
@@ -262,19 +278,14 @@ const trustEvery = 10 * time.Second
 func (c *Credentials) followCAs(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cs, err := kubeconfig.Client(c.cfg.Layout.AgentKubeconfig(Kubelet))
-	if err != nil {
-		return err
-	}
-	node, err := cs.CoreV1().Nodes().Get(ctx, c.cfg.Name, metav1.GetOptions{})
+	node, err := c.kube.CoreV1().Nodes().Get(ctx, c.cfg.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil // the kubelet registers it
 	} else if err != nil {
 		return err
 	}
 	if node.Annotations[TrustAnnotation] != c.trust {
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{TrustAnnotation: c.trust}}})
-		if _, err := cs.CoreV1().Nodes().Patch(ctx, c.cfg.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if err := Annotate(ctx, c.kube, c.cfg.Name, TrustAnnotation, c.trust); err != nil {
 			return err
 		}
 	}
