@@ -39,6 +39,9 @@ func newPlan() plan {
 	if n, err := strconv.Atoi(os.Getenv("BENCH_REPS")); err == nil && n > 0 {
 		p.reps = n
 	}
+	if o := os.Getenv("BENCH_OUT"); o != "" {
+		p.out = o // a trial run that must not replace the stored report
+	}
 	return p
 }
 
