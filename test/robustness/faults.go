@@ -11,7 +11,8 @@ import (
 	"github.com/hakube/hakube/test/harness"
 )
 
-// faultDuration is how long a fault lasts: longer than the election timeout (3 s).
+// faultDuration is how long a fault lasts: longer than the election timeouts
+// (etcd 1 s, Dqlite 0.7 s, each randomized up to twice that).
 const faultDuration = 6 * time.Second
 
 // Fault is one injected failure; Heal undoes it and returns once the victim
@@ -49,8 +50,9 @@ func Faults(p *peerProxy) []Fault {
 	cont := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { signal(t, s, syscall.SIGCONT) }
 	isolate := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "down") }
 	reconnect := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "up") }
-	// Up to 0.5 s of delay per chunk, far below the 3 s election timeout but
-	// longer than the 300 ms heartbeat.
+	// Up to 0.5 s of delay per chunk: longer than the heartbeats (etcd
+	// 100 ms, Dqlite 70 ms), below the election timeouts (etcd 1 s, Dqlite
+	// 0.7 s); an election it causes anyway must still lose nothing.
 	delay := func(t testing.TB, c *harness.Cluster, s *harness.Server) {
 		p.set(c.HostOf(s).IP, 100*time.Millisecond, 400*time.Millisecond, 0)
 	}

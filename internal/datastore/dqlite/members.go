@@ -239,7 +239,7 @@ func (n *Node) promote() {
 		select {
 		case <-n.stop:
 			return
-		case <-time.After(time.Second):
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

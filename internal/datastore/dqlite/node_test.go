@@ -498,3 +498,24 @@ func TestLeaderRemoved(t *testing.T) {
 	c.nodes[target] = nil
 	c.waitVoters(2)
 }
+
+// TestGracefulStopHandsLeadershipOver: a leader that stops makes another
+// member the leader first, well before the survivors' heartbeat timeout could
+// have started an election.
+func TestGracefulStopHandsLeadershipOver(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(3, func(cfg *Config) { cfg.HeartbeatTimeout, cfg.ElectionTimeout = 2*time.Second, 2*time.Second })
+	l := c.leader()
+	c.nodes[l].Stop()
+	stopped := time.Now()
+	c.nodes[l] = nil
+	for time.Since(stopped) < time.Second {
+		for _, n := range c.nodes {
+			if n != nil && n.raft.State() == raft.Leader {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no survivor leads 1 s after the leader stopped; without a hand-over an election starts after 2 s")
+}
