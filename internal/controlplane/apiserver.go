@@ -214,7 +214,8 @@ func (a *APIServer) Ready(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tick := time.NewTicker(250 * time.Millisecond)
+	// Every 100 ms: each poll it is late by is a cold start's delay.
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {

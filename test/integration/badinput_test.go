@@ -115,6 +115,22 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestLateBadInput: a setting the controller manager refuses is found only
+// after the datastore and apiserver started (the data dir then stays, complete,
+// for a corrected start), but the server still fails instead of saying ready.
+func TestLateBadInput(t *testing.T) {
+	dir := t.TempDir()
+	out, code := harness.RunHakube(t, nil, "server", "--data-dir", filepath.Join(dir, "data"), "--write-kubeconfig", filepath.Join(dir, "kubeconfig"),
+		"--https-listen-port", strconv.Itoa(harness.FreePortPair(t)), "--disable-agent", "--kube-controller-manager-arg", "controllers=no-such-controller")
+	want := `"no-such-controller" is not in the list of known controllers`
+	if code == 0 || !strings.Contains(out, want) || !strings.Contains(out, "hakube: error:") {
+		t.Fatalf("exit %d, want a failure saying %q:\n%s", code, want, out)
+	}
+	if strings.Contains(out, "hakube is ready") {
+		t.Fatalf("the server said it was ready before failing:\n%s", out)
+	}
+}
+
 // TestCertificateRotateBadInput: 'certificate rotate' names what is wrong
 // and writes nothing.
 func TestCertificateRotateBadInput(t *testing.T) {
