@@ -23,21 +23,25 @@ type plan struct {
 	reps    int           // per operation
 	settle  time.Duration // before the idle footprint is sampled, and its window
 	pool    int           // ConfigMaps the get, list and update workloads use
+	history int           // revisions written, then compacted at once
 	profile time.Duration // CPU profile of the leader during put at 16 clients
 	out     string        // results directory
 }
 
 func newPlan() plan {
 	if *quick {
-		return plan{dur: 300 * time.Millisecond, reps: 1, settle: 500 * time.Millisecond, pool: 50, profile: time.Second, out: "results/quick"}
+		return plan{dur: 300 * time.Millisecond, reps: 1, settle: 500 * time.Millisecond, pool: 50, history: 2000, profile: time.Second, out: "results/quick"}
 	}
-	p := plan{dur: 3 * time.Second, reps: 10, settle: 5 * time.Second, pool: 500, profile: 2 * time.Second, out: "results"}
+	p := plan{dur: 3 * time.Second, reps: 10, settle: 5 * time.Second, pool: 500, history: 100000, profile: 2 * time.Second, out: "results"}
 	if d, err := time.ParseDuration(os.Getenv("BENCH_DURATION")); err == nil && d > 0 {
 		p.dur = d
 		p.profile = max(d-time.Second, time.Second)
 	}
 	if n, err := strconv.Atoi(os.Getenv("BENCH_REPS")); err == nil && n > 0 {
 		p.reps = n
+	}
+	if n, err := strconv.Atoi(os.Getenv("BENCH_HISTORY")); err == nil && n > 0 {
+		p.history = n
 	}
 	if o := os.Getenv("BENCH_OUT"); o != "" {
 		p.out = o // a trial run that must not replace the stored report
@@ -95,6 +99,7 @@ type Footprint struct {
 	Processes string  `json:"processes"`
 	Phase     string  `json:"phase"` // idle, put×16, create×16
 	RSSMiB    float64 `json:"rssMiB"`
+	AnonMiB   float64 `json:"anonMiB"`
 	CPUPct    float64 `json:"cpuPercent"` // of one core
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ const keySpace = 10000
 func measure(t *testing.T, p plan, tg *target, rep *Report) {
 	time.Sleep(p.settle)
 	idle := sampleWhile(tg.pids(), func() { time.Sleep(p.settle) })
-	rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "idle", RSSMiB: idle.rss, CPUPct: idle.cpu})
+	rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "idle", RSSMiB: idle.rss, AnonMiB: idle.anon, CPUPct: idle.cpu})
 
 	value := make([]byte, 256)
 	_, _ = rand.Read(value)
@@ -70,19 +71,20 @@ func measure(t *testing.T, p plan, tg *target, rep *Report) {
 		if w.name == "put" && w.clients == 16 {
 			var f sample
 			f, r = loaded(t, p, tg, rep, w)
-			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "put×16", RSSMiB: f.rss, CPUPct: f.cpu})
+			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "put×16", RSSMiB: f.rss, AnonMiB: f.anon, CPUPct: f.cpu})
 		} else {
 			r = run(t, w, p.dur)
 		}
 		record(t, rep, tg, "datastore", r)
 	}
 	record(t, rep, tg, "datastore", watchLatency(t, tg, p.dur))
+	compactionStall(t, p, tg, rep)
 
 	for _, w := range kubeWorkloads(t, tg.kube, p.pool) {
 		var r Result
 		if w.name == "k8s-create" && w.clients == 16 {
 			f := sampleWhile(tg.pids(), func() { r = run(t, w, p.dur) })
-			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "create×16", RSSMiB: f.rss, CPUPct: f.cpu})
+			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "create×16", RSSMiB: f.rss, AnonMiB: f.anon, CPUPct: f.cpu})
 		} else {
 			r = run(t, w, p.dur)
 		}
@@ -182,6 +184,70 @@ func summarize(lat []time.Duration, elapsed time.Duration) Result {
 		r.CDFms = append(r.CDFms, at(float64(i)/100))
 	}
 	return r
+}
+
+// compactionStall writes p.history revisions, then compacts them all while
+// one client writes, and records the longest time between two of its
+// acknowledged writes and how long the compaction took.
+func compactionStall(t *testing.T, p plan, tg *target, rep *Report) {
+	value := make([]byte, 256)
+	_, _ = rand.Read(value)
+	var written sync.WaitGroup
+	var failed atomic.Int64
+	for c := range 64 {
+		written.Go(func() {
+			for i := c; i < p.history; i += 64 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if _, err := tg.writer.Put(ctx, fmt.Sprintf("/bench-compact/%05d", i%keySpace), string(value)); err != nil {
+					failed.Add(1)
+				}
+				cancel()
+			}
+		})
+	}
+	written.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	resp, err := tg.writer.Get(ctx, "/bench-compact/00000")
+	cancel()
+	if err != nil {
+		t.Fatalf("%s: reading the revision to compact to: %v", tg.name, err)
+	}
+	done := make(chan struct{})
+	var longest time.Duration
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		last := time.Now()
+		for n := 0; ; n++ {
+			select {
+			case <-done:
+				longest = max(longest, time.Since(last))
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := tg.writer.Put(ctx, "/bench-compact-writer", strconv.Itoa(n))
+			cancel()
+			if err == nil {
+				longest, last = max(longest, time.Since(last)), time.Now()
+			}
+		}
+	})
+	time.Sleep(200 * time.Millisecond)
+	began := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Minute)
+	_, err = tg.writer.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical())
+	cancel()
+	took := time.Since(began)
+	time.Sleep(200 * time.Millisecond)
+	close(done)
+	wg.Wait()
+	if err != nil {
+		t.Errorf("%s: compacting %d revisions: %v", tg.name, p.history, err)
+		return
+	}
+	t.Logf("%s: %d revisions written (%d failed), compacted in %.2f s; longest write stall %.1f ms", tg.name, p.history, failed.Load(), took.Seconds(), ms(longest))
+	addOp(t, rep, tg.name, fmt.Sprintf("compaction of %dk revisions: longest write stall", p.history/1000), []float64{longest.Seconds()})
+	addOp(t, rep, tg.name, fmt.Sprintf("compaction of %dk revisions: duration", p.history/1000), []float64{took.Seconds()})
 }
 
 // watchLatency is the time from sending a put to the leader until a watcher

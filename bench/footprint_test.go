@@ -11,9 +11,12 @@ import (
 // time; it is 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-// sample is the summed resident memory (mean over the window, MiB) and CPU
-// (percent of one core) of some processes.
-type sample struct{ rss, cpu float64 }
+// sample is the summed resident memory (mean over the window, MiB), the
+// anonymous part of it, and CPU (percent of one core) of some processes.
+// The rest of RSS is mapped files, nearly all of it the hakube binary's
+// pages: shared by every hakube process on the machine (the three servers
+// of a 3-server target, containerd and shims on a node) and reclaimable.
+type sample struct{ rss, anon, cpu float64 }
 
 // sampleWhile measures pids while fn runs, reading /proc every 250 ms.
 func sampleWhile(pids []int, fn func()) sample {
@@ -21,16 +24,16 @@ func sampleWhile(pids []int, fn func()) sample {
 	stop := make(chan struct{})
 	done := make(chan sample)
 	go func() {
-		var sum float64
+		var rss, anon float64
 		n := 0
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			sum += rssMiB(pids)
+			rss, anon = rss+memMiB(pids, "VmRSS:"), anon+memMiB(pids, "RssAnon:")
 			n++
 			select {
 			case <-stop:
-				done <- sample{rss: sum / float64(n)}
+				done <- sample{rss: rss / float64(n), anon: anon / float64(n)}
 				return
 			case <-tick.C:
 			}
@@ -43,8 +46,9 @@ func sampleWhile(pids []int, fn func()) sample {
 	return s
 }
 
-// rssMiB is the summed VmRSS of pids; a process that is gone counts 0.
-func rssMiB(pids []int) float64 {
+// memMiB is the summed field (VmRSS:, RssAnon:) of /proc/<pid>/status of
+// pids; a process that is gone counts 0.
+func memMiB(pids []int, field string) float64 {
 	var kib float64
 	for _, pid := range pids {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
@@ -52,7 +56,7 @@ func rssMiB(pids []int) float64 {
 			continue
 		}
 		for line := range strings.SplitSeq(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
 				n, _ := strconv.ParseFloat(f[1], 64)
 				kib += n
 			}

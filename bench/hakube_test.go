@@ -185,6 +185,19 @@ func haOps(t *testing.T, p plan, tg *target, rep *Report, kind string) {
 	addOp(t, rep, tg.name, "failover: first write acknowledged (apiserver)", failKube)
 	addOp(t, rep, tg.name, "join to voter", join)
 
+	var stallDS, stallKube []float64
+	for range p.reps {
+		leader := c.Leader(t, c.Servers[0])
+		f := follower(c, leader)
+		ds := datastoreClient(t, c, f, kind)
+		took := stall(t, func() { leader.Stop() }, dsWrite(ds), kubeWrite(kubeClient(t, f)))
+		ds.Close()
+		stallDS, stallKube = append(stallDS, took[0]), append(stallKube, took[1])
+		leader.Start()
+	}
+	addOp(t, rep, tg.name, "graceful leader stop: longest write stall (datastore)", stallDS)
+	addOp(t, rep, tg.name, "graceful leader stop: longest write stall (apiserver)", stallKube)
+
 	stopAll(c.Servers) // cold starts have the machine to themselves
 	fresh := c.Net.Hosts[3].Server(t, "cold")
 	fresh.Env = []string{"HAKUBE_TOKEN=bench-secret"}
@@ -279,6 +292,42 @@ func failover(t *testing.T, kill func(), writes ...attempt) []float64 {
 			t.Fatalf("write %d: nothing acknowledged in 2 minutes after the kill", i)
 		}
 	}
+	return out
+}
+
+// stall writes one at a time with each attempt from a second before stop
+// (which returns once the process exited) until a second after it, and
+// returns, for each, the longest time between two acknowledged writes.
+func stall(t *testing.T, stop func(), writes ...attempt) []float64 {
+	done := make(chan struct{})
+	out := make([]float64, len(writes))
+	var wg sync.WaitGroup
+	for i, w := range writes {
+		wg.Go(func() {
+			last := time.Now()
+			for n := 0; ; n++ {
+				select {
+				case <-done:
+					out[i] = max(out[i], time.Since(last).Seconds())
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				err := w(ctx, n)
+				cancel()
+				if err == nil {
+					now := time.Now()
+					out[i] = max(out[i], now.Sub(last).Seconds())
+					last = now
+				}
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	stop()
+	time.Sleep(time.Second)
+	close(done)
+	wg.Wait()
 	return out
 }
 

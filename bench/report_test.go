@@ -172,14 +172,14 @@ func markdown(p plan, rep *Report, plots []string) string {
 		}
 		for _, f := range rep.Footprint {
 			if q, ok := findFootprint(rep, pe, f.Phase); ok && f.Target == h {
-				fps = append(fps, fmt.Sprintf("| %s | %s | %s |\n", f.Phase, vs(f.RSSMiB, q.RSSMiB, " MiB"), vs(f.CPUPct, q.CPUPct, " %")))
+				fps = append(fps, fmt.Sprintf("| %s | %s | %s | %s |\n", f.Phase, vs(f.RSSMiB, q.RSSMiB, " MiB"), vs(f.AnonMiB, q.AnonMiB, " MiB"), vs(f.CPUPct, q.CPUPct, " %")))
 			}
 		}
 		if len(ops) > 0 {
 			w("\n| operation | median | max |\n|---|---|---|\n%s", strings.Join(ops, ""))
 		}
 		if len(fps) > 0 {
-			w("\n| footprint | RSS | CPU (%% of a core) |\n|---|---|---|\n%s", strings.Join(fps, ""))
+			w("\n| footprint | RSS | anonymous | CPU (%% of a core) |\n|---|---|---|---|\n%s", strings.Join(fps, ""))
 		}
 		w("\n")
 	}
@@ -210,11 +210,12 @@ func markdown(p plan, rep *Report, plots []string) string {
 		w("| %s | %s | %d | %.2f | %.2f |\n", o.Target, o.Operation, len(o.Samples), o.Median, o.Max)
 	}
 
-	w("\n## Footprint\n\nResident memory (mean over the window) and CPU (%% of one core) summed over the processes; idle " +
-		"after settling, and during the put ×16 and create ×16 rows.\n\n")
-	w("| target | processes | phase | RSS MiB | CPU %% |\n|---|---|---|---|---|\n")
+	w("\n## Footprint\n\nResident memory (mean over the window), its anonymous part (the processes' own memory; the rest " +
+		"is mapped files, mostly the hakube binary, shared between its processes) and CPU (%% of one core) summed over the " +
+		"processes; idle after settling, and during the put ×16 and create ×16 rows.\n\n")
+	w("| target | processes | phase | RSS MiB | anonymous MiB | CPU %% |\n|---|---|---|---|---|---|\n")
 	for _, f := range rep.Footprint {
-		w("| %s | %s | %s | %.0f | %.0f |\n", f.Target, f.Processes, f.Phase, f.RSSMiB, f.CPUPct)
+		w("| %s | %s | %s | %.0f | %.0f | %.0f |\n", f.Target, f.Processes, f.Phase, f.RSSMiB, f.AnonMiB, f.CPUPct)
 	}
 
 	if len(plots) > 0 {
