@@ -519,3 +519,45 @@ func TestGracefulStopHandsLeadershipOver(t *testing.T) {
 	}
 	t.Fatal("no survivor leads 1 s after the leader stopped; without a hand-over an election starts after 2 s")
 }
+
+// TestCompactionInSteps: a compaction over many revisions is applied as
+// several entries, and leaves exactly each key's current row.
+func TestCompactionInSteps(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(1, nil)
+	ctx := ctxT(t)
+	b := c.nodes[0].Backend()
+	var rev int64
+	for i := range 2*compactStep + 500 {
+		r, err := b.Create(ctx, fmt.Sprintf("/s/%d/%d", i%10, i), []byte("x"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i >= 10 { // keep one key per prefix: delete the older ones
+			if r, _, _, err = b.Delete(ctx, fmt.Sprintf("/s/%d/%d", i%10, i-10), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rev = r
+	}
+	before := c.nodes[0].raft.LastIndex()
+	if _, err := b.Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if entries := c.nodes[0].raft.LastIndex() - before; entries < 3 {
+		t.Fatalf("compaction of %d revisions took %d log entries, want steps of %d", rev, entries, compactStep)
+	}
+	var rows int
+	if err := c.nodes[0].fsm.read(func(st *store) error {
+		return st.db.QueryRow(`SELECT COUNT(*) FROM kv`).Scan(&rows)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, kvs, err := b.List(ctx, "/s/", "/s0", 0, 0, false)
+	if err != nil || len(kvs) != 10 || rows != 10 {
+		t.Fatalf("after compaction: %d rows stored, %d keys listed (%v); want 10 and 10", rows, len(kvs), err)
+	}
+	if _, _, err := b.Get(ctx, "/s/0/0", rev-100, false); !errors.Is(err, server.ErrCompacted) {
+		t.Fatalf("read below the compaction: %v, want compacted", err)
+	}
+}
