@@ -34,8 +34,9 @@ type target struct {
 	procs string
 	// profile takes a CPU profile of the leader (nil when it cannot).
 	profile func(ctx context.Context, d time.Duration) ([]byte, error)
-	// cold holds the cold starts already timed (the target's own start).
-	cold []float64
+	// cold holds the cold starts already timed (the target's own start);
+	// logJoins the joins of a 3-server target's forming.
+	cold, logJoins []float64
 	// state a kind's operations need.
 	cluster *harness.Cluster
 	peer    *etcdPeer
