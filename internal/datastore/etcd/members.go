@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -126,10 +127,24 @@ func RemoveMember(ctx context.Context, cli *clientv3.Client, name string) (datas
 	if _, err := fmt.Sscanf(target.ID, "%x", &id); err != nil {
 		return datastore.Member{}, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// etcd refuses a removal ("unhealthy cluster") until the members that
+	// remain have been connected for 5 s: right after a server restarted,
+	// as a script may well do. That passes; a real lack of quorum was refused
+	// above.
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if _, err := cli.MemberRemove(rctx, id); err != nil {
-		return datastore.Member{}, fmt.Errorf("removing %s: %w", name, err)
+	for {
+		_, err := cli.MemberRemove(rctx, id)
+		if err == nil {
+			return *target, nil
+		}
+		if !strings.Contains(err.Error(), "unhealthy cluster") || rctx.Err() != nil {
+			return datastore.Member{}, fmt.Errorf("removing %s: %w", name, err)
+		}
+		select {
+		case <-rctx.Done():
+			return datastore.Member{}, fmt.Errorf("removing %s: %w", name, err)
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	return *target, nil
 }
