@@ -58,7 +58,7 @@ func startHakubeHA(t *testing.T, p plan, kind string) *target {
 	}
 	c.WaitVoters(t, c.Servers[0], len(c.Servers))
 	leader := c.Leader(t, c.Servers[0])
-	tg := &target{name: hakubeEtcd, serializable: kind == "etcd", kube: leader, cluster: c, cold: []float64{cold}, logJoins: joins,
+	tg := &target{name: hakubeEtcd, serializable: kind == "etcd", compacts: true, kube: leader, cluster: c, cold: []float64{cold}, logJoins: joins,
 		procs: "3 servers (control plane and datastore)"}
 	if kind == "dqlite" {
 		tg.name = hakubeDqlite

@@ -134,7 +134,7 @@ func startPeerEtcd(t *testing.T, _ plan) *target {
 	front.Start()
 
 	leader := e.leader()
-	tg := &target{name: peerEtcd, serializable: true, kube: front, peer: e, cold: []float64{cold},
+	tg := &target{name: peerEtcd, serializable: true, compacts: true, kube: front, peer: e, cold: []float64{cold},
 		procs:  "3 etcd members and 1 hakube server in front (control plane)",
 		writer: e.client(leader.host, leader), watcher: e.client(e.other(leader).host, e.other(leader))}
 	tg.pids = func() []int {
