@@ -114,6 +114,18 @@ func (b *Backend) Update(ctx context.Context, key string, value []byte, revision
 	return res.Rev, res.KV, res.OK, nil
 }
 
+// Put writes key whatever its state, in one Raft entry; prev is the value it
+// replaced (nil: the key was absent). kine's Put, which the etcd API server
+// would run instead (putInterceptor), takes three: a create that fails on an
+// existing key, a linearizable read and an update.
+func (b *Backend) Put(ctx context.Context, key string, value []byte, lease int64) (rev int64, prev *server.KeyValue, err error) {
+	res, err := b.n.apply(ctx, &command{Op: opPut, Key: key, Value: value, Lease: lease})
+	if err != nil {
+		return 0, nil, err
+	}
+	return res.Rev, res.KV, nil
+}
+
 func (b *Backend) Delete(ctx context.Context, key string, revision int64) (int64, *server.KeyValue, bool, error) {
 	res, err := b.n.apply(ctx, &command{Op: opDelete, Key: key, Rev: revision})
 	if err != nil {

@@ -7,18 +7,22 @@ import (
 	"github.com/hashicorp/raft"
 )
 
+// newTestFSM is a state machine on a fresh database, without Raft.
+func newTestFSM(t *testing.T) *fsm {
+	t.Helper()
+	st, err := openStore(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFSM(st)
+	t.Cleanup(func() { _ = f.read(func(st *store) error { return st.close() }) })
+	return f
+}
+
 // A snapshot taken right after a membership entry carries that entry's index:
 // a member restored from it must not wait for an index it has passed.
 func TestSnapshotCarriesMembershipIndex(t *testing.T) {
-	open := func(name string) *fsm {
-		st, err := openStore(filepath.Join(t.TempDir(), name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.close() })
-		return newFSM(st)
-	}
-	src := open("src.db")
+	src := newTestFSM(t)
 	if res, ok := src.Apply(&raft.Log{Index: 5, Type: raft.LogCommand, Data: (&command{Op: opCreate, Key: "/a", Value: []byte("1")}).marshal()}).(*result); !ok || res.err() != nil {
 		t.Fatalf("apply: %+v", res)
 	}
@@ -40,7 +44,7 @@ func TestSnapshotCarriesMembershipIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := open("dst.db")
+	dst := newTestFSM(t)
 	if err := dst.Restore(rc); err != nil {
 		t.Fatal(err)
 	}

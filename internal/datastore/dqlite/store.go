@@ -304,7 +304,7 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 	}
 	res := &result{OK: true}
 	switch c.Op {
-	case opCreate, opUpdate, opDelete:
+	case opCreate, opUpdate, opDelete, opPut:
 		cur, err := s.latest(ctx, tx, c.Key, 0)
 		if err != nil {
 			return nil, nil, err
@@ -313,13 +313,18 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 		switch {
 		case c.Op == opCreate && exists:
 			res.OK, res.KV = false, cur.kv()
-		case c.Op == opCreate:
+		case c.Op == opCreate, c.Op == opPut && !exists:
 			prevRev := int64(0)
 			if cur != nil {
 				prevRev = cur.rev
 			}
 			r := &row{key: c.Key, createRev: rev + 1, prevRev: prevRev, version: 1, lease: c.Lease, value: c.Value}
 			err = insert(nil, r)
+		case c.Op == opPut:
+			r := &row{key: c.Key, createRev: cur.createRev, prevRev: cur.rev, version: cur.version + 1, lease: c.Lease, value: c.Value}
+			if err = insert(cur, r); err == nil {
+				res.KV = cur.kv()
+			}
 		case !exists:
 			// etcd: a delete without condition of a missing key succeeds and deletes nothing.
 			res.OK = c.Op == opDelete && c.Rev == 0
