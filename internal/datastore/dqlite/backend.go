@@ -45,7 +45,7 @@ func (b *Backend) at(ctx context.Context, revision int64, fn func(st *store, rev
 func (b *Backend) Get(ctx context.Context, key string, revision int64, keysOnly bool) (int64, *server.KeyValue, error) {
 	var kv *server.KeyValue
 	rev, err := b.at(ctx, revision, func(st *store, rev int64) error {
-		r, err := st.latest(ctx, nil, key, rev)
+		r, err := st.latest(ctx, key, rev)
 		if err != nil || r == nil || r.deleted {
 			return err
 		}

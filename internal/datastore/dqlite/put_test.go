@@ -82,7 +82,7 @@ func TestPutMatchesKineSequence(t *testing.T) {
 		var prev *server.KeyValue
 		if !cr.OK {
 			if err := seq.f.read(func(st *store) error {
-				r, err := st.latest(context.Background(), nil, c.Key, cr.Rev)
+				r, err := st.latest(context.Background(), c.Key, cr.Rev)
 				prev = r.kv()
 				return err
 			}); err != nil {
