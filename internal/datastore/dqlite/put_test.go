@@ -6,6 +6,8 @@ import (
 	"net"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -158,10 +160,10 @@ func etcdClient(t *testing.T, s *grpc.Server) *clientv3.Client {
 // stays kine's.
 func TestEtcdPutMatchesKine(t *testing.T) {
 	type trace struct {
-		resps   []proto.Message
-		errs    []codes.Code
-		events  []*clientv3.Event
-		entries []uint64 // Raft entries each put of an existing key took
+		resps  []proto.Message
+		errs   []codes.Code
+		events []*clientv3.Event
+		writes [][]op // the writing entries (not barriers) each put of an existing key took
 	}
 	run := func(api func(*Backend) *grpc.Server) trace {
 		c := newTestCluster(t)
@@ -184,7 +186,7 @@ func TestEtcdPutMatchesKine(t *testing.T) {
 				t.Fatalf("put %s: %v", key, err)
 			}
 			if r.PrevKv != nil {
-				tr.entries = append(tr.entries, n.raft.LastIndex()-before)
+				tr.writes = append(tr.writes, writeOps(t, n, before))
 			}
 			tr.resps = append(tr.resps, (*etcdserverpb.PutResponse)(r))
 			return r
@@ -240,11 +242,80 @@ func TestEtcdPutMatchesKine(t *testing.T) {
 			t.Errorf("event %d: ours %v, kine %v", i, o, k)
 		}
 	}
-	// Puts of an existing key: one entry each, the compact key's kine's three.
-	if want := []uint64{1, 1, 3, 1}; !reflect.DeepEqual(ours.entries, want) {
-		t.Errorf("Raft entries per put of an existing key: %v, want %v", ours.entries, want)
+	// Puts of an existing key: one put each, the compact key's kine's
+	// failed create and update (around a read barrier).
+	put, seq := []op{opPut}, []op{opCreate, opUpdate}
+	if want := [][]op{put, put, seq, put}; !reflect.DeepEqual(ours.writes, want) {
+		t.Errorf("writes per put of an existing key: %v, want %v", ours.writes, want)
 	}
-	if want := []uint64{3, 3, 3, 3}; !reflect.DeepEqual(kine.entries, want) {
-		t.Errorf("kine's Raft entries per put of an existing key: %v, want %v", kine.entries, want)
+	if want := [][]op{seq, seq, seq, seq}; !reflect.DeepEqual(kine.writes, want) {
+		t.Errorf("kine's writes per put of an existing key: %v, want %v", kine.writes, want)
+	}
+}
+
+// writeOps lists the ops of the log entries after index from, but for
+// barriers (read barriers, and commit notices, which come with timing).
+func writeOps(t *testing.T, n *Node, from uint64) []op {
+	t.Helper()
+	var ops []op
+	for i := from + 1; i <= n.raft.LastIndex(); i++ {
+		var l raft.Log
+		if err := n.logs.GetLog(i, &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := unmarshalCommand(l.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Op != opBarrier {
+			ops = append(ops, c.Op)
+		}
+	}
+	return ops
+}
+
+// A follower learns of a write's commit soon after the leader acknowledges
+// it, even when no write follows: without the leader's commit notice it
+// waits for the leader's CommitTimeout (10-20 ms) after the write was sent.
+// Writes through the leader and forwarded by another follower alike.
+func TestFollowerLearnsCommitWithoutNextWrite(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(3, nil)
+	l := c.leader()
+	follower := c.nodes[(l+1)%3]
+	sub := follower.fsm.hub.subscribe()
+	ctx := ctxT(t)
+	for _, writer := range []int{l, (l + 2) % 3} {
+		b := c.nodes[writer].Backend()
+		var delays []time.Duration
+		for i := range 21 {
+			rev, _, err := b.Put(ctx, "/notice", []byte(strconv.Itoa(i)), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			acked := time.Now()
+		wait:
+			for {
+				select {
+				case b := <-sub:
+					if b.CurrentRev >= rev {
+						break wait
+					}
+				case <-ctx.Done():
+					t.Fatal("the follower never applied the write")
+				}
+			}
+			delays = append(delays, time.Since(acked))
+			time.Sleep(30 * time.Millisecond) // the log quiet, as between a client's writes
+		}
+		slices.Sort(delays)
+		d := delays[len(delays)/2]
+		t.Logf("writes through member %d: a follower applied them %v after they were acknowledged (median; max %v)", writer, d, delays[len(delays)-1])
+		if d >= commitTimeout*3/4 {
+			t.Errorf("writes through member %d: a follower applied them %v (median) after they were acknowledged, as late as the commit timeout (%v)", writer, d, commitTimeout)
+		}
 	}
 }
