@@ -130,10 +130,38 @@ func (b *Backend) Update(ctx context.Context, key string, value []byte, revision
 // existing key, a linearizable read and an update.
 func (b *Backend) Put(ctx context.Context, key string, value []byte, lease int64) (rev int64, prev *server.KeyValue, err error) {
 	res, err := b.write(ctx, &command{Op: opPut, Key: key, Value: value, Lease: lease})
+	if errors.Is(err, errRefused) {
+		// A leader of an older version (a rolling upgrade) does not know
+		// opPut; without this, a newer server could not write its start
+		// report, so could not start, until the leader was upgraded too.
+		return b.putInSteps(ctx, key, value, lease)
+	}
 	if err != nil {
 		return 0, nil, err
 	}
 	return res.Rev, res.KV, nil
+}
+
+// putInSteps is Put with the older commands: a create, or a read and an
+// update on the mod revision read, again until one of them takes.
+func (b *Backend) putInSteps(ctx context.Context, key string, value []byte, lease int64) (int64, *server.KeyValue, error) {
+	for {
+		rev, err := b.Create(ctx, key, value, lease)
+		if !errors.Is(err, server.ErrKeyExists) {
+			return rev, nil, err
+		}
+		_, prev, err := b.Get(ctx, key, 0, false)
+		if err != nil {
+			return 0, nil, err
+		}
+		if prev == nil {
+			continue // deleted since
+		}
+		rev, _, ok, err := b.Update(ctx, key, value, prev.ModRevision, lease)
+		if err != nil || ok {
+			return rev, prev, err
+		}
+	}
 }
 
 func (b *Backend) Delete(ctx context.Context, key string, revision int64) (int64, *server.KeyValue, bool, error) {

@@ -2,12 +2,16 @@ package dqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -316,6 +320,67 @@ func TestFollowerLearnsCommitWithoutNextWrite(t *testing.T) {
 		t.Logf("writes through member %d: a follower applied them %v after they were acknowledged (median; max %v)", writer, d, delays[len(delays)-1])
 		if d >= commitTimeout*3/4 {
 			t.Errorf("writes through member %d: a follower applied them %v (median) after they were acknowledged, as late as the commit timeout (%v)", writer, d, commitTimeout)
+		}
+	}
+}
+
+// A member that refuses a command as malformed (an older leader that does
+// not know opPut) is told apart from other failures: nothing was done.
+func TestRefusedCommand(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/apply" {
+			http.Error(w, errCorrupt.Error(), http.StatusBadRequest)
+			return
+		}
+		http.Error(w, "not the leader", statusNotLeader)
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	err := callRPC(ctxT(t), srv.Client(), addr, "POST", "/apply", (&command{Op: opPut}).marshal(), nil)
+	if !errors.Is(err, errRefused) || errors.Is(err, errNoLeaderYet) {
+		t.Errorf("a refused command: %v", err)
+	}
+	if err := callRPC(ctxT(t), srv.Client(), addr, "GET", "/readindex", nil, nil); errors.Is(err, errRefused) || !errors.Is(err, errNoLeaderYet) {
+		t.Errorf("not the leader: %v", err)
+	}
+}
+
+// Put's fallback for an older leader answers as Put does.
+func TestPutInSteps(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(1, nil)
+	c.leader()
+	b := c.nodes[0].Backend()
+	ctx := ctxT(t)
+	for _, k := range []string{"/put", "/steps"} {
+		put := b.Put
+		if k == "/steps" {
+			put = b.putInSteps
+		}
+		var got []string
+		for i, v := range []string{"1", "2", "", "3"} {
+			if v == "" {
+				if _, _, ok, err := b.Delete(ctx, k, 0); err != nil || !ok {
+					t.Fatalf("delete: %v", err)
+				}
+				continue
+			}
+			rev, prev, err := put(ctx, k, []byte(v), int64(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, kv, err := b.Get(ctx, k, 0, false)
+			if err != nil || kv == nil || kv.ModRevision != rev || string(kv.Value) != v || kv.Lease != int64(i) {
+				t.Fatalf("%s after put %d at revision %d: %+v %v", k, i, rev, kv, err)
+			}
+			p := "none"
+			if prev != nil {
+				p = fmt.Sprintf("%s version %d", prev.Value, prev.Version)
+			}
+			got = append(got, fmt.Sprintf("version %d, previous %s", kv.Version, p))
+		}
+		if want := []string{"version 1, previous none", "version 2, previous 1 version 1", "version 1, previous none"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: %q, want %q", k, got, want)
 		}
 	}
 }
