@@ -16,6 +16,16 @@ var _ server.Backend = (*Backend)(nil)
 // Backend returns the member's kine backend.
 func (n *Node) Backend() *Backend { return &Backend{n: n} }
 
+// write applies c through the member; on the leader, the followers learn of
+// its commit at once (noticeCommit).
+func (b *Backend) write(ctx context.Context, c *command) (*result, error) {
+	res, err := b.n.apply(ctx, c)
+	if err == nil {
+		b.n.noticeCommit()
+	}
+	return res, err
+}
+
 // Start is a no-op: the member is already running.
 func (b *Backend) Start(context.Context) error { return nil }
 
@@ -45,7 +55,7 @@ func (b *Backend) at(ctx context.Context, revision int64, fn func(st *store, rev
 func (b *Backend) Get(ctx context.Context, key string, revision int64, keysOnly bool) (int64, *server.KeyValue, error) {
 	var kv *server.KeyValue
 	rev, err := b.at(ctx, revision, func(st *store, rev int64) error {
-		r, err := st.latest(ctx, nil, key, rev)
+		r, err := st.latest(ctx, key, rev)
 		if err != nil || r == nil || r.deleted {
 			return err
 		}
@@ -96,7 +106,7 @@ func (b *Backend) CurrentRevision(ctx context.Context) (int64, error) {
 }
 
 func (b *Backend) Create(ctx context.Context, key string, value []byte, lease int64) (int64, error) {
-	res, err := b.n.apply(ctx, &command{Op: opCreate, Key: key, Value: value, Lease: lease})
+	res, err := b.write(ctx, &command{Op: opCreate, Key: key, Value: value, Lease: lease})
 	if err != nil {
 		return 0, err
 	}
@@ -107,15 +117,55 @@ func (b *Backend) Create(ctx context.Context, key string, value []byte, lease in
 }
 
 func (b *Backend) Update(ctx context.Context, key string, value []byte, revision, lease int64) (int64, *server.KeyValue, bool, error) {
-	res, err := b.n.apply(ctx, &command{Op: opUpdate, Key: key, Value: value, Lease: lease, Rev: revision})
+	res, err := b.write(ctx, &command{Op: opUpdate, Key: key, Value: value, Lease: lease, Rev: revision})
 	if err != nil {
 		return 0, nil, false, err
 	}
 	return res.Rev, res.KV, res.OK, nil
 }
 
+// Put writes key whatever its state, in one Raft entry; prev is the value it
+// replaced (nil: the key was absent). kine's Put, which the etcd API server
+// would run instead (putInterceptor), takes three: a create that fails on an
+// existing key, a linearizable read and an update.
+func (b *Backend) Put(ctx context.Context, key string, value []byte, lease int64) (rev int64, prev *server.KeyValue, err error) {
+	res, err := b.write(ctx, &command{Op: opPut, Key: key, Value: value, Lease: lease})
+	if errors.Is(err, errRefused) {
+		// A leader of an older version (a rolling upgrade) does not know
+		// opPut; without this, a newer server could not write its start
+		// report, so could not start, until the leader was upgraded too.
+		return b.putInSteps(ctx, key, value, lease)
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	return res.Rev, res.KV, nil
+}
+
+// putInSteps is Put with the older commands: a create, or a read and an
+// update on the mod revision read, again until one of them takes.
+func (b *Backend) putInSteps(ctx context.Context, key string, value []byte, lease int64) (int64, *server.KeyValue, error) {
+	for {
+		rev, err := b.Create(ctx, key, value, lease)
+		if !errors.Is(err, server.ErrKeyExists) {
+			return rev, nil, err
+		}
+		_, prev, err := b.Get(ctx, key, 0, false)
+		if err != nil {
+			return 0, nil, err
+		}
+		if prev == nil {
+			continue // deleted since
+		}
+		rev, _, ok, err := b.Update(ctx, key, value, prev.ModRevision, lease)
+		if err != nil || ok {
+			return rev, prev, err
+		}
+	}
+}
+
 func (b *Backend) Delete(ctx context.Context, key string, revision int64) (int64, *server.KeyValue, bool, error) {
-	res, err := b.n.apply(ctx, &command{Op: opDelete, Key: key, Rev: revision})
+	res, err := b.write(ctx, &command{Op: opDelete, Key: key, Rev: revision})
 	if err != nil {
 		return 0, nil, false, err
 	}
@@ -139,7 +189,7 @@ func (b *Backend) Compact(ctx context.Context, revision int64) (int64, error) {
 			return 0, err
 		}
 	}
-	res, err := b.n.apply(ctx, &command{Op: opCompact, Rev: revision})
+	res, err := b.write(ctx, &command{Op: opCompact, Rev: revision})
 	if err != nil && !errors.Is(err, server.ErrCompacted) {
 		return 0, err
 	}

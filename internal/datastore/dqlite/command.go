@@ -19,8 +19,12 @@ const (
 	opExpire
 	// opBarrier changes nothing but the applied index: a new leader commits
 	// one to cover every earlier term, and the leader one per batch of reads
-	// (readIndex). Any other op byte is a corrupt entry.
+	// (readIndex).
 	opBarrier
+	// opPut creates the key or updates it whatever its revision, in one
+	// entry where kine's Put takes a failed create, a read and an update.
+	// Any other op byte is a corrupt entry.
+	opPut
 )
 
 // command is one replicated write. Everything Apply needs is in it — the
@@ -95,7 +99,7 @@ func unmarshalCommand(b []byte) (*command, error) {
 	if c.Now, err = intField(); err != nil {
 		return nil, err
 	}
-	if len(b) != 0 || c.Op < opCreate || c.Op > opBarrier {
+	if len(b) != 0 || c.Op < opCreate || c.Op > opPut {
 		return nil, errCorrupt
 	}
 	return c, nil
@@ -109,7 +113,8 @@ type result struct {
 	// OK is false when a condition failed (the key exists, or its revision moved).
 	OK bool `json:"ok"`
 	// KV is the key's value: the new one after an update, the deleted one
-	// after a delete, the current one after a failed condition.
+	// after a delete, the current one after a failed condition, the previous
+	// one after a put (none if the key was absent).
 	KV *server.KeyValue `json:"kv,omitempty"`
 	// Err is a failure that is not a condition: "compacted", "future".
 	Err string `json:"err,omitempty"`

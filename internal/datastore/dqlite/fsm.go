@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"github.com/k3s-io/kine/pkg/server"
@@ -24,71 +25,93 @@ type fsm struct {
 	// fatal is set when SQLite failed to apply a committed command: the
 	// member's state can no longer be trusted and it must stop.
 	fatal chan error
+	// noticePending is set while the leader's commit notice is pending
+	// (Node.noticeCommit).
+	noticePending atomic.Bool
 }
 
 func newFSM(st *store) *fsm {
 	return &fsm{st: st, applied: make(chan struct{}), fatal: make(chan error, 1)}
 }
 
-// Apply runs one committed command.
-func (f *fsm) Apply(l *raft.Log) any {
-	if l.Type != raft.LogCommand {
-		return nil
-	}
+var _ raft.BatchingFSM = (*fsm)(nil)
+
+// Apply runs one committed entry (Raft's RecoverCluster replays the log
+// through it; the member itself calls ApplyBatch).
+func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch runs a batch of committed entries in one SQLite transaction.
+// Membership entries come here too (Raft calls StoreConfiguration only on an
+// FSM that does not batch): they move the applied index, which a read index
+// may be, and the index is stored with the rows, so that a snapshot taken
+// right after one carries it and a member restored from it does not wait for
+// an index it has passed. Each command's result is returned at its place,
+// nil for a membership entry.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	f.mu.RLock()
 	st := f.st
 	f.mu.RUnlock()
-	c, err := unmarshalCommand(l.Data)
+	out, events, a, err := applyLogs(st, logs)
 	if err == nil {
-		var res *result
-		var events []*server.Event
-		if res, events, err = st.apply(l.Index, c); err == nil {
-			f.published(l.Index, c, res, events)
-			return res
-		}
+		f.published(logs[len(logs)-1].Index, a, events)
+		return out
 	}
-	err = fmt.Errorf("applying Raft log entry %d: %w", l.Index, err)
+	if len(logs) > 1 {
+		// One transaction per entry, as if unbatched: the entries before the
+		// failing one apply, and its error is its own.
+		out = make([]any, len(logs))
+		for i := range logs {
+			out[i] = f.ApplyBatch(logs[i : i+1])[0]
+		}
+		return out
+	}
 	select {
 	case f.fatal <- err:
 	default:
 	}
-	return &result{Err: err.Error()}
+	return []any{&result{Err: err.Error()}}
 }
 
-// published makes a committed apply visible: to readers and index waiters,
-// then to watchers.
-func (f *fsm) published(index uint64, c *command, res *result, events []*server.Event) {
-	f.mu.Lock()
-	f.st.rev, f.st.index = res.Rev, index
-	if c.Op == opCompact && res.OK {
-		f.st.compact = c.Rev
+// applyLogs applies logs in one transaction and commits it; it returns each
+// entry's result and the watch events in log order.
+func applyLogs(st *store, logs []*raft.Log) (out []any, events []*server.Event, a *applier, err error) {
+	if a, err = st.begin(); err != nil {
+		return nil, nil, nil, fmt.Errorf("applying Raft log entries %d-%d: %w", logs[0].Index, logs[len(logs)-1].Index, err)
 	}
+	defer a.rollback()
+	out = make([]any, len(logs))
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := unmarshalCommand(l.Data)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("applying Raft log entry %d: %w", l.Index, err)
+		}
+		res, evs, err := a.apply(c)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("applying Raft log entry %d: %w", l.Index, err)
+		}
+		out[i] = res
+		events = append(events, evs...)
+	}
+	if err := a.commit(logs[len(logs)-1].Index); err != nil {
+		return nil, nil, nil, fmt.Errorf("applying Raft log entries %d-%d: %w", logs[0].Index, logs[len(logs)-1].Index, err)
+	}
+	return out, events, a, nil
+}
+
+// published makes a committed batch visible: to readers and index waiters,
+// then to watchers.
+func (f *fsm) published(index uint64, a *applier, events []*server.Event) {
+	f.mu.Lock()
+	f.st.rev, f.st.compact, f.st.index = a.rev, a.compact, index
 	close(f.applied)
 	f.applied = make(chan struct{})
 	f.mu.Unlock()
 	if len(events) > 0 {
-		f.hub.publish(server.EventBatch{Events: events, CurrentRev: res.Rev})
+		f.hub.publish(server.EventBatch{Events: events, CurrentRev: a.rev})
 	}
-}
-
-// StoreConfiguration sees membership entries: they move the applied index
-// too, and a read index may point at one. The index is stored as well: a
-// snapshot taken right after such an entry must carry it, or a member
-// restored from it would wait for an index it has already passed.
-func (f *fsm) StoreConfiguration(index uint64, _ raft.Configuration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if index > f.st.index {
-		f.st.index = index
-		if err := f.st.setIndex(index); err != nil {
-			select {
-			case f.fatal <- fmt.Errorf("recording membership entry %d: %w", index, err):
-			default:
-			}
-		}
-	}
-	close(f.applied)
-	f.applied = make(chan struct{})
 }
 
 // waitApplied returns once the applied index reaches index.

@@ -34,7 +34,8 @@ func (s *slot) backend() *Backend {
 }
 
 // regClient runs register operations through one member with the operations
-// the apiserver uses: create, update on the mod revision, delete, get. Values
+// the apiserver uses: create, update on the mod revision, delete, get; and
+// the etcd API's put. Values
 // are unique, so "mod revision is R" is "value is the one written at R", and
 // the value register model applies.
 type regClient struct {
@@ -83,6 +84,12 @@ func (c *regClient) do(key, value string, dice int) bool {
 				out.Value = string(kv.Value)
 				c.seen[key] = *kv
 			}
+		}
+	case dice < 55:
+		in = lin.Input{Kind: lin.Put, Key: key, Value: value}
+		var rev int64
+		if rev, _, err = b.Put(ctx, key, []byte(value), 0); err == nil {
+			c.seen[key] = server.KeyValue{Key: key, Value: []byte(value), ModRevision: rev}
 		}
 	case dice < 80 && haveRev && known.ModRevision != 0:
 		in = lin.Input{Kind: lin.CAS, Key: key, Expect: string(known.Value), Value: value}

@@ -61,7 +61,7 @@ func (s *Staged) Get(key string) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	defer st.close()
-	r, err := st.latest(context.Background(), nil, key, 0)
+	r, err := st.latest(context.Background(), key, 0)
 	if err != nil || r == nil || r.deleted {
 		return nil, false, err
 	}

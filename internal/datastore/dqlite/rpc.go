@@ -38,6 +38,7 @@ func (n *Node) handler() http.Handler {
 			rpcError(w, err)
 			return
 		}
+		n.noticeCommit()
 		writeJSON(w, res)
 	}))
 	mux.HandleFunc("GET /readindex", n.onLeader(func(w http.ResponseWriter, r *http.Request) {
@@ -242,6 +243,8 @@ func callRPC(ctx context.Context, hc *http.Client, addr, method, path string, bo
 	switch {
 	case resp.StatusCode == statusNotLeader:
 		return fmt.Errorf("%w: %s", errNoLeaderYet, bytes.TrimSpace(b))
+	case resp.StatusCode == http.StatusBadRequest:
+		return fmt.Errorf("%w: %s %s on %s: %s", errRefused, method, path, addr, bytes.TrimSpace(b))
 	case resp.StatusCode >= 300:
 		return fmt.Errorf("%s %s on %s: %s", method, path, addr, bytes.TrimSpace(b))
 	case out != nil:
@@ -249,6 +252,10 @@ func callRPC(ctx context.Context, hc *http.Client, addr, method, path string, bo
 	}
 	return nil
 }
+
+// errRefused is a request that a member refused as malformed: nothing was
+// done. A member of an older version refuses a command it does not know.
+var errRefused = errors.New("dqlite: request refused")
 
 // leaderAddr is the leader's peer address, or errNoLeaderYet.
 func (n *Node) leaderAddr() (string, error) {

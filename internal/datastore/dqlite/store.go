@@ -161,14 +161,15 @@ type querier interface {
 }
 
 // latest is key's newest row at or below rev (0: any), tombstones included;
-// nil if there is none. It reads in tx, or outside any transaction when tx is nil.
-func (s *store) latest(ctx context.Context, tx *sql.Tx, key string, rev int64) (*row, error) {
+// nil if there is none.
+func (s *store) latest(ctx context.Context, key string, rev int64) (*row, error) {
+	return latestRow(ctx, s.latestStmt, key, rev)
+}
+
+// latestRow runs latestQuery's stmt (the store's, or a transaction's).
+func latestRow(ctx context.Context, stmt *sql.Stmt, key string, rev int64) (*row, error) {
 	if rev <= 0 {
 		rev = 1<<63 - 1
-	}
-	stmt := s.latestStmt
-	if tx != nil {
-		stmt = tx.StmtContext(ctx, stmt)
 	}
 	r, err := scanRow(stmt.QueryRowContext(ctx, key, rev))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -273,21 +274,49 @@ func event(r, prev *row) *server.Event {
 	return e
 }
 
-// apply runs one command in a transaction; it returns the result and the
-// watch events it produced.
-func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error) {
+// applier applies commands in one write transaction. The revisions it moves
+// become the store's only once the transaction commits (fsm.published).
+type applier struct {
+	s              *store
+	ctx            context.Context
+	tx             *sql.Tx
+	latest, insert *sql.Stmt
+	// rev and compact are the store's revision and compact revision with the
+	// commands applied so far.
+	rev, compact int64
+}
+
+func (s *store) begin() (*applier, error) {
 	ctx := context.Background()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	rev := s.rev
+	return &applier{s: s, ctx: ctx, tx: tx, latest: tx.StmtContext(ctx, s.latestStmt), insert: tx.StmtContext(ctx, s.insertStmt),
+		rev: s.rev, compact: s.compact}, nil
+}
+
+// commit records the revision and the Raft index applied, and commits.
+func (a *applier) commit(index uint64) error {
+	if err := a.s.setMeta(a.ctx, a.tx, "rev", a.rev); err != nil {
+		return err
+	}
+	if err := a.s.setMeta(a.ctx, a.tx, "index", int64(index)); err != nil {
+		return err
+	}
+	return a.tx.Commit()
+}
+
+// rollback is a no-op after commit.
+func (a *applier) rollback() { _ = a.tx.Rollback() }
+
+// apply runs one command; it returns the result and the watch events it
+// produced.
+func (a *applier) apply(c *command) (*result, []*server.Event, error) {
+	ctx := a.ctx
 	var events []*server.Event
-	insertStmt := tx.StmtContext(ctx, s.insertStmt)
 	insert := func(prev *row, r *row) error {
-		rev++
-		r.rev = rev
+		r.rev = a.rev + 1
 		expires := int64(0)
 		if r.lease > 0 && !r.deleted {
 			expires = c.Now + r.lease*int64(time.Second)
@@ -296,16 +325,17 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 		if r.deleted {
 			deleted = 1
 		}
-		_, err := insertStmt.ExecContext(ctx, r.rev, r.key, r.createRev, r.prevRev, r.version, deleted, r.lease, expires, r.value)
-		if err == nil {
-			events = append(events, event(r, prev))
+		if _, err := a.insert.ExecContext(ctx, r.rev, r.key, r.createRev, r.prevRev, r.version, deleted, r.lease, expires, r.value); err != nil {
+			return err
 		}
-		return err
+		a.rev = r.rev
+		events = append(events, event(r, prev))
+		return nil
 	}
 	res := &result{OK: true}
 	switch c.Op {
-	case opCreate, opUpdate, opDelete:
-		cur, err := s.latest(ctx, tx, c.Key, 0)
+	case opCreate, opUpdate, opDelete, opPut:
+		cur, err := latestRow(ctx, a.latest, c.Key, 0)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -313,13 +343,18 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 		switch {
 		case c.Op == opCreate && exists:
 			res.OK, res.KV = false, cur.kv()
-		case c.Op == opCreate:
+		case c.Op == opCreate, c.Op == opPut && !exists:
 			prevRev := int64(0)
 			if cur != nil {
 				prevRev = cur.rev
 			}
-			r := &row{key: c.Key, createRev: rev + 1, prevRev: prevRev, version: 1, lease: c.Lease, value: c.Value}
+			r := &row{key: c.Key, createRev: a.rev + 1, prevRev: prevRev, version: 1, lease: c.Lease, value: c.Value}
 			err = insert(nil, r)
+		case c.Op == opPut:
+			r := &row{key: c.Key, createRev: cur.createRev, prevRev: cur.rev, version: cur.version + 1, lease: c.Lease, value: c.Value}
+			if err = insert(cur, r); err == nil {
+				res.KV = cur.kv()
+			}
 		case !exists:
 			// etcd: a delete without condition of a missing key succeeds and deletes nothing.
 			res.OK = c.Op == opDelete && c.Rev == 0
@@ -341,23 +376,24 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 		}
 	case opCompact:
 		switch {
-		case c.Rev > rev:
+		case c.Rev > a.rev:
 			res.OK, res.Err = false, errFuture
-		case c.Rev <= s.compact:
+		case c.Rev <= a.compact:
 			res.OK, res.Err = false, errCompacted
 		default:
 			// Rows superseded at or below the compact revision, and tombstones there, are gone for good.
-			if _, err := tx.ExecContext(ctx, `DELETE FROM kv WHERE rev <= ?1 AND (deleted = 1 OR rev < (SELECT MAX(k.rev) FROM kv AS k WHERE k.key = kv.key AND k.rev <= ?1))`, c.Rev); err != nil {
+			if _, err := a.tx.ExecContext(ctx, `DELETE FROM kv WHERE rev <= ?1 AND (deleted = 1 OR rev < (SELECT MAX(k.rev) FROM kv AS k WHERE k.key = kv.key AND k.rev <= ?1))`, c.Rev); err != nil {
 				return nil, nil, err
 			}
-			if err := s.setMeta(ctx, tx, "compact", c.Rev); err != nil {
+			if err := a.s.setMeta(ctx, a.tx, "compact", c.Rev); err != nil {
 				return nil, nil, err
 			}
+			a.compact = c.Rev
 		}
 	case opBarrier:
-		// No rows: only the index below moves, which a read index may be.
+		// No rows: only the index moves, which a read index may be.
 	case opExpire:
-		expired, err := s.expired(ctx, tx, c.Now)
+		expired, err := a.s.expired(ctx, a.tx, c.Now)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -368,16 +404,7 @@ func (s *store) apply(index uint64, c *command) (*result, []*server.Event, error
 			}
 		}
 	}
-	if err := s.setMeta(ctx, tx, "rev", rev); err != nil {
-		return nil, nil, err
-	}
-	if err := s.setMeta(ctx, tx, "index", int64(index)); err != nil {
-		return nil, nil, err
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, nil, err
-	}
-	res.Rev = rev
+	res.Rev = a.rev
 	return res, events, nil
 }
 
@@ -421,13 +448,6 @@ func (s *store) expired(ctx context.Context, q querier, now int64) ([]*row, erro
 		out = append(out, r)
 	}
 	return out, rows.Err()
-}
-
-// setIndex records an applied index that moved without a command (a
-// membership entry), so that a snapshot of the database carries it.
-func (s *store) setIndex(index uint64) error {
-	_, err := s.metaStmt.Exec("index", int64(index))
-	return err
 }
 
 func (s *store) setMeta(ctx context.Context, tx *sql.Tx, name string, v int64) error {
