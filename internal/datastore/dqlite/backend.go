@@ -16,16 +16,6 @@ var _ server.Backend = (*Backend)(nil)
 // Backend returns the member's kine backend.
 func (n *Node) Backend() *Backend { return &Backend{n: n} }
 
-// write applies c through the member; on the leader, the followers learn of
-// its commit at once (noticeCommit).
-func (b *Backend) write(ctx context.Context, c *command) (*result, error) {
-	res, err := b.n.apply(ctx, c)
-	if err == nil {
-		b.n.noticeCommit()
-	}
-	return res, err
-}
-
 // Start is a no-op: the member is already running.
 func (b *Backend) Start(context.Context) error { return nil }
 
@@ -106,7 +96,7 @@ func (b *Backend) CurrentRevision(ctx context.Context) (int64, error) {
 }
 
 func (b *Backend) Create(ctx context.Context, key string, value []byte, lease int64) (int64, error) {
-	res, err := b.write(ctx, &command{Op: opCreate, Key: key, Value: value, Lease: lease})
+	res, err := b.n.apply(ctx, &command{Op: opCreate, Key: key, Value: value, Lease: lease})
 	if err != nil {
 		return 0, err
 	}
@@ -117,7 +107,7 @@ func (b *Backend) Create(ctx context.Context, key string, value []byte, lease in
 }
 
 func (b *Backend) Update(ctx context.Context, key string, value []byte, revision, lease int64) (int64, *server.KeyValue, bool, error) {
-	res, err := b.write(ctx, &command{Op: opUpdate, Key: key, Value: value, Lease: lease, Rev: revision})
+	res, err := b.n.apply(ctx, &command{Op: opUpdate, Key: key, Value: value, Lease: lease, Rev: revision})
 	if err != nil {
 		return 0, nil, false, err
 	}
@@ -129,7 +119,7 @@ func (b *Backend) Update(ctx context.Context, key string, value []byte, revision
 // would run instead (putInterceptor), takes three: a create that fails on an
 // existing key, a linearizable read and an update.
 func (b *Backend) Put(ctx context.Context, key string, value []byte, lease int64) (rev int64, prev *server.KeyValue, err error) {
-	res, err := b.write(ctx, &command{Op: opPut, Key: key, Value: value, Lease: lease})
+	res, err := b.n.apply(ctx, &command{Op: opPut, Key: key, Value: value, Lease: lease})
 	if errors.Is(err, errRefused) {
 		// A leader of an older version (a rolling upgrade) does not know
 		// opPut; without this, a newer server could not write its start
@@ -165,7 +155,7 @@ func (b *Backend) putInSteps(ctx context.Context, key string, value []byte, leas
 }
 
 func (b *Backend) Delete(ctx context.Context, key string, revision int64) (int64, *server.KeyValue, bool, error) {
-	res, err := b.write(ctx, &command{Op: opDelete, Key: key, Rev: revision})
+	res, err := b.n.apply(ctx, &command{Op: opDelete, Key: key, Rev: revision})
 	if err != nil {
 		return 0, nil, false, err
 	}
@@ -189,7 +179,7 @@ func (b *Backend) Compact(ctx context.Context, revision int64) (int64, error) {
 			return 0, err
 		}
 	}
-	res, err := b.write(ctx, &command{Op: opCompact, Rev: revision})
+	res, err := b.n.apply(ctx, &command{Op: opCompact, Rev: revision})
 	if err != nil && !errors.Is(err, server.ErrCompacted) {
 		return 0, err
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"sync"
-	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"github.com/k3s-io/kine/pkg/server"
@@ -25,9 +24,6 @@ type fsm struct {
 	// fatal is set when SQLite failed to apply a committed command: the
 	// member's state can no longer be trusted and it must stop.
 	fatal chan error
-	// noticePending is set while the leader's commit notice is pending
-	// (Node.noticeCommit).
-	noticePending atomic.Bool
 }
 
 func newFSM(st *store) *fsm {

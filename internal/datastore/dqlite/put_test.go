@@ -9,8 +9,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
-	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -279,49 +277,6 @@ func writeOps(t *testing.T, n *Node, from uint64) []op {
 		}
 	}
 	return ops
-}
-
-// A follower learns of a write's commit soon after the leader acknowledges
-// it, even when no write follows: without the leader's commit notice it
-// waits for the leader's CommitTimeout (10-20 ms) after the write was sent.
-// Writes through the leader and forwarded by another follower alike.
-func TestFollowerLearnsCommitWithoutNextWrite(t *testing.T) {
-	c := newTestCluster(t)
-	c.form(3, nil)
-	l := c.leader()
-	follower := c.nodes[(l+1)%3]
-	sub := follower.fsm.hub.subscribe()
-	ctx := ctxT(t)
-	for _, writer := range []int{l, (l + 2) % 3} {
-		b := c.nodes[writer].Backend()
-		var delays []time.Duration
-		for i := range 21 {
-			rev, _, err := b.Put(ctx, "/notice", []byte(strconv.Itoa(i)), 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			acked := time.Now()
-		wait:
-			for {
-				select {
-				case b := <-sub:
-					if b.CurrentRev >= rev {
-						break wait
-					}
-				case <-ctx.Done():
-					t.Fatal("the follower never applied the write")
-				}
-			}
-			delays = append(delays, time.Since(acked))
-			time.Sleep(30 * time.Millisecond) // the log quiet, as between a client's writes
-		}
-		slices.Sort(delays)
-		d := delays[len(delays)/2]
-		t.Logf("writes through member %d: a follower applied them %v after they were acknowledged (median; max %v)", writer, d, delays[len(delays)-1])
-		if d >= commitTimeout*3/4 {
-			t.Errorf("writes through member %d: a follower applied them %v (median) after they were acknowledged, as late as the commit timeout (%v)", writer, d, commitTimeout)
-		}
-	}
 }
 
 // A member that refuses a command as malformed (an older leader that does

@@ -38,7 +38,6 @@ func (n *Node) handler() http.Handler {
 			rpcError(w, err)
 			return
 		}
-		n.noticeCommit()
 		writeJSON(w, res)
 	}))
 	mux.HandleFunc("GET /readindex", n.onLeader(func(w http.ResponseWriter, r *http.Request) {
