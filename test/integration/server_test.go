@@ -174,13 +174,6 @@ func testLifecycle(t *testing.T, check func(*testing.T, *harness.Server), args .
 	ctx := context.Background()
 	cs := s.Client()
 
-	// Ready means a pod can be created at once: its namespace's default
-	// service account, which the controller manager makes, exists.
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "first"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
-	if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("a pod created as the server said it was ready: %v", err)
-	}
-
 	// client-go: create, read, update, delete.
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm-keep"}, Data: map[string]string{"k": "v1"}}
 	if _, err := cs.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
