@@ -119,6 +119,9 @@ func (b *Backend) Update(ctx context.Context, key string, value []byte, revision
 // would run instead (putInterceptor), takes three: a create that fails on an
 // existing key, a linearizable read and an update.
 func (b *Backend) Put(ctx context.Context, key string, value []byte, lease int64) (rev int64, prev *server.KeyValue, err error) {
+	if !b.n.putOK.Load() {
+		return b.putInSteps(ctx, key, value, lease)
+	}
 	res, err := b.n.apply(ctx, &command{Op: opPut, Key: key, Value: value, Lease: lease})
 	if errors.Is(err, errRefused) {
 		// A leader of an older version (a rolling upgrade) does not know

@@ -47,10 +47,12 @@ type status struct {
 	Commit        uint64 `json:"commitIndex"`
 	DBSize        int64  `json:"dbSize"`
 	DBFree        int64  `json:"dbFree"`
+	// Put: the member applies opPut (older members leave it out).
+	Put bool `json:"put,omitempty"`
 }
 
 func (n *Node) status() status {
-	st := status{ID: n.cfg.ID, State: n.raft.State().String(), Commit: n.raft.CommitIndex()}
+	st := status{ID: n.cfg.ID, State: n.raft.State().String(), Commit: n.raft.CommitIndex(), Put: true}
 	_ = n.fsm.read(func(s *store) error {
 		st.Applied = s.index
 		st.DBSize, st.DBFree, _ = s.size(context.Background())
@@ -87,6 +89,34 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// putLoop keeps putOK: whether every member of the configuration says it
+// applies opPut. A member of an older version (a rolling upgrade) would stop
+// at the first opPut entry, as an unknown command; until all say so, or while
+// one cannot be asked, puts use the older commands.
+func (n *Node) putLoop() {
+	defer n.wg.Done()
+	for {
+		servers, _, ok := n.configuration()
+		all := ok && len(servers) > 0
+		for _, s := range servers {
+			if !all || s.ID == raft.ServerID(n.cfg.ID) {
+				continue
+			}
+			var st status
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := n.call(ctx, string(s.Address), "GET", "/status", nil, &st)
+			cancel()
+			all = err == nil && st.ID == string(s.ID) && st.Put
+		}
+		n.putOK.Store(all)
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // addNonvoter adds a joining member. A member of the same ID is one whose

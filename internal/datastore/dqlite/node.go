@@ -125,10 +125,12 @@ type Node struct {
 	// barrier committed. Reads on a leader need them equal.
 	leaderGen, readyGen atomic.Uint64
 	reads               readBatches
-	stop                chan struct{}
-	wg                  sync.WaitGroup
-	removed             chan struct{}
-	removedOnce         sync.Once
+	// putOK: every member applies opPut (putLoop).
+	putOK       atomic.Bool
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	removed     chan struct{}
+	removedOnce sync.Once
 }
 
 // Start opens the member's state and starts Raft. A member that joins asks
@@ -231,9 +233,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}
 	// Only now: a joiner's membership is committed once join returns.
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.membershipLoop(!fresh)
 	go n.promote()
+	go n.putLoop()
 	ok = true
 	return n, nil
 }

@@ -560,3 +560,51 @@ func TestCompactionInSteps(t *testing.T) {
 		t.Fatalf("read below the compaction: %v, want compacted", err)
 	}
 }
+
+// TestPutOnlyWhenEveryMemberKnowsIt: a put is one entry once every member
+// says it applies opPut, and the older commands (create, read, update) until
+// then, as while a member of an older version is in the cluster.
+func TestPutOnlyWhenEveryMemberKnowsIt(t *testing.T) {
+	c := newTestCluster(t)
+	c.form(1, nil)
+	ctx := ctxT(t)
+	n := c.nodes[0]
+	for deadline := time.Now().Add(10 * time.Second); !n.putOK.Load(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a one-member cluster never allowed opPut")
+		}
+	}
+	b := n.Backend()
+	if _, err := b.Create(ctx, "/p", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	entries := func(put func()) uint64 {
+		before := n.raft.LastIndex()
+		put()
+		return n.raft.LastIndex() - before
+	}
+	put := func(v string) func() {
+		return func() {
+			if _, prev, err := b.Put(ctx, "/p", []byte(v), 0); err != nil || prev == nil {
+				t.Fatalf("put %s: previous %v, %v", v, prev, err)
+			}
+		}
+	}
+	if e := entries(put("2")); e != 1 {
+		t.Fatalf("a put with opPut allowed took %d entries, want 1", e)
+	}
+	// What putLoop sets while a member cannot say it knows opPut; putLoop may
+	// set it back in between (every 2 s), hence a few tries.
+	for try := 0; ; try++ {
+		n.putOK.Store(false)
+		if e := entries(put("3")); e >= 2 {
+			break
+		} else if try == 2 {
+			t.Fatalf("a put without opPut took %d entries, want the older commands", e)
+		}
+	}
+	_, kv, err := b.Get(ctx, "/p", 0, false)
+	if err != nil || kv == nil || string(kv.Value) != "3" {
+		t.Fatalf("/p is %v (%v), want 3", kv, err)
+	}
+}
