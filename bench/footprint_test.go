@@ -29,7 +29,8 @@ func sampleWhile(pids []int, fn func()) sample {
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			rss, anon = rss+memMiB(pids, "VmRSS:"), anon+memMiB(pids, "RssAnon:")
+			r, a := memMiB(pids)
+			rss, anon = rss+r, anon+a
 			n++
 			select {
 			case <-stop:
@@ -46,23 +47,29 @@ func sampleWhile(pids []int, fn func()) sample {
 	return s
 }
 
-// memMiB is the summed field (VmRSS:, RssAnon:) of /proc/<pid>/status of
-// pids; a process that is gone counts 0.
-func memMiB(pids []int, field string) float64 {
-	var kib float64
+// memMiB is the summed VmRSS and RssAnon of pids, from one read of each
+// /proc/<pid>/status; a process that is gone counts 0.
+func memMiB(pids []int) (rss, anon float64) {
 	for _, pid := range pids {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 		if err != nil {
 			continue
 		}
 		for line := range strings.SplitSeq(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
-				n, _ := strconv.ParseFloat(f[1], 64)
-				kib += n
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			n, _ := strconv.ParseFloat(f[1], 64)
+			switch f[0] {
+			case "VmRSS:":
+				rss += n / 1024
+			case "RssAnon:":
+				anon += n / 1024
 			}
 		}
 	}
-	return kib / 1024
+	return rss, anon
 }
 
 // cpuTicks is the summed user and system time of pids.
