@@ -138,7 +138,7 @@ func RemoveMember(ctx context.Context, cli *clientv3.Client, name string) (datas
 		if err == nil {
 			return *target, nil
 		}
-		if !strings.Contains(err.Error(), "unhealthy cluster") || rctx.Err() != nil {
+		if !strings.Contains(err.Error(), "unhealthy cluster") {
 			return datastore.Member{}, fmt.Errorf("removing %s: %w", name, err)
 		}
 		select {
