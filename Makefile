@@ -13,7 +13,7 @@ VERSITYGW := bin/versitygw
 VERSITYGW_VERSION := v1.8.0
 DATA_DIR ?= /var/lib/hakube
 
-.PHONY: build bundle run test node-deps test-deps unit e2e robustness bench bench-quick lint fuzz clean \
+.PHONY: build bundle run test node-deps test-deps unit e2e robustness bench bench-quick bench-scale lint fuzz clean \
 	conformance conformance-quick conformance-tools conformance-images
 
 build: bundle
@@ -217,11 +217,21 @@ $(KINE): go.mod
 	go build -o $(KINE) github.com/k3s-io/kine
 
 BENCH_ENV = HAKUBE_BIN=$(CURDIR)/$(BIN) HAKUBE_KINE=$(CURDIR)/$(KINE) HAKUBE_BENCH=1 BENCH_COMMIT=$(VERSION)
-bench: build $(KINE)
+bench: build $(KINE) $(TEST_IMAGES)
 	$(BENCH_ENV) BENCH_DURATION=$(BENCH_DURATION) BENCH_REPS=$(BENCH_REPS) go test -count=1 -timeout 60m -v -run TestBench ./bench/
 
-bench-quick: build $(KINE)
+bench-quick: build $(KINE) $(TEST_IMAGES)
 	$(BENCH_ENV) go test -count=1 -timeout 10m -v -run TestBench ./bench/ -args -quick
+
+# The scale run: three servers per datastore (SCALE_DATASTORES, default etcd,dqlite), kwok playing the
+# kubelets of SCALE_NODES nodes (500), SCALE_PODS pods (10000); bench/results/<date>-<host>-scale.{json,md}.
+KWOK := bin/kwok
+KWOK_VERSION := v0.8.0
+$(KWOK):
+	GOBIN=$(CURDIR)/bin go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+
+bench-scale: build $(KWOK)
+	$(BENCH_ENV) HAKUBE_KWOK=$(CURDIR)/$(KWOK) HAKUBE_BENCH_SCALE=1 go test -count=1 -timeout 120m -v -run TestScale ./bench/
 
 fuzz:
 	go test ./internal/token -run '^$$' -fuzz FuzzParse -fuzztime 60s

@@ -30,7 +30,7 @@ type plan struct {
 
 func newPlan() plan {
 	if *quick {
-		return plan{dur: 300 * time.Millisecond, reps: 1, settle: 500 * time.Millisecond, pool: 50, history: 2000, profile: time.Second, out: "results/quick"}
+		return withOut(plan{dur: 300 * time.Millisecond, reps: 1, settle: 500 * time.Millisecond, pool: 50, history: 2000, profile: time.Second, out: "results/quick"})
 	}
 	p := plan{dur: 3 * time.Second, reps: 10, settle: 5 * time.Second, pool: 500, history: 100000, profile: 2 * time.Second, out: "results"}
 	if d, err := time.ParseDuration(os.Getenv("BENCH_DURATION")); err == nil && d > 0 {
@@ -43,8 +43,14 @@ func newPlan() plan {
 	if n, err := strconv.Atoi(os.Getenv("BENCH_HISTORY")); err == nil && n > 0 {
 		p.history = n
 	}
+	return withOut(p)
+}
+
+// withOut takes BENCH_OUT, where a trial run that must not replace the
+// stored report writes.
+func withOut(p plan) plan {
 	if o := os.Getenv("BENCH_OUT"); o != "" {
-		p.out = o // a trial run that must not replace the stored report
+		p.out = o
 	}
 	return p
 }
@@ -99,6 +105,7 @@ type Footprint struct {
 	Processes string  `json:"processes"`
 	Phase     string  `json:"phase"` // idle, put×16, create×16
 	RSSMiB    float64 `json:"rssMiB"`
+	SetMiB    float64 `json:"setMiB"` // resident pages of the processes, each once
 	AnonMiB   float64 `json:"anonMiB"`
 	CPUPct    float64 `json:"cpuPercent"` // of one core
 }
@@ -123,15 +130,7 @@ func TestBench(t *testing.T) {
 	rep.Fsync = fsync(t)
 	t.Logf("fsync p50 %.2f ms, p99 %.2f ms", rep.Fsync.P50ms, rep.Fsync.P99ms)
 	for _, k := range kinds {
-		t.Run(k.name, func(t *testing.T) {
-			began := time.Now()
-			tg := k.start(t, p)
-			t.Logf("%s: started in %.1f s", tg.name, time.Since(began).Seconds())
-			measure(t, p, tg, rep)
-			t.Logf("%s: measured by %.1f s", tg.name, time.Since(began).Seconds())
-			k.ops(t, p, tg, rep)
-			t.Logf("%s: operations timed by %.1f s", tg.name, time.Since(began).Seconds())
-		})
+		t.Run(k.name, func(t *testing.T) { k.run(t, p, rep) })
 	}
 	rep.Seconds = time.Since(began).Seconds()
 	write(t, p, rep)
@@ -157,25 +156,41 @@ func TestReport(t *testing.T) {
 	write(t, p, rep)
 }
 
-// kind is one system under test: how to start it and which operations to time.
+// kind is one system under test, and how it is measured.
 type kind struct {
-	name  string
-	start func(*testing.T, plan) *target
-	ops   func(*testing.T, plan, *target, *Report)
+	name string
+	run  func(*testing.T, plan, *Report)
 }
 
 var kinds = []kind{
-	haKind("etcd"),
-	haKind("dqlite"),
-	{"hakube-sqlite", startHakubeSQLite, sqliteOps},
-	{"etcd", startPeerEtcd, peerEtcdOps},
-	{"kine", startKine, kineOps},
+	datastoreKind("hakube-etcd", startHA("etcd"), haOpsOn("etcd")),
+	datastoreKind("hakube-dqlite", startHA("dqlite"), haOpsOn("dqlite")),
+	datastoreKind("hakube-sqlite", startHakubeSQLite, sqliteOps),
+	datastoreKind("etcd", startPeerEtcd, peerEtcdOps),
+	datastoreKind("kine", startKine, kineOps),
+	{"hakube-nodes", nodesBench},
 }
 
-func haKind(datastore string) kind {
-	return kind{"hakube-" + datastore,
-		func(t *testing.T, p plan) *target { return startHakubeHA(t, p, datastore) },
-		func(t *testing.T, p plan, tg *target, rep *Report) { haOps(t, p, tg, rep, datastore) }}
+// datastoreKind is a target measured by the common datastore and Kubernetes
+// workloads, then by its own operations.
+func datastoreKind(name string, start func(*testing.T, plan) *target, ops func(*testing.T, plan, *target, *Report)) kind {
+	return kind{name, func(t *testing.T, p plan, rep *Report) {
+		began := time.Now()
+		tg := start(t, p)
+		t.Logf("%s: started in %.1f s", tg.name, time.Since(began).Seconds())
+		measure(t, p, tg, rep)
+		t.Logf("%s: measured by %.1f s", tg.name, time.Since(began).Seconds())
+		ops(t, p, tg, rep)
+		t.Logf("%s: operations timed by %.1f s", tg.name, time.Since(began).Seconds())
+	}}
+}
+
+func startHA(datastore string) func(*testing.T, plan) *target {
+	return func(t *testing.T, p plan) *target { return startHakubeHA(t, p, datastore) }
+}
+
+func haOpsOn(datastore string) func(*testing.T, plan, *target, *Report) {
+	return func(t *testing.T, p plan, tg *target, rep *Report) { haOps(t, p, tg, rep, datastore) }
 }
 
 // Target names, as the report shows them.

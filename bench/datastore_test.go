@@ -53,7 +53,7 @@ const keySpace = 10000
 func measure(t *testing.T, p plan, tg *target, rep *Report) {
 	time.Sleep(p.settle)
 	idle := sampleWhile(tg.pids(), func() { time.Sleep(p.settle) })
-	rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "idle", RSSMiB: idle.rss, AnonMiB: idle.anon, CPUPct: idle.cpu})
+	rep.Footprint = append(rep.Footprint, footprint(tg.name, tg.procs, "idle", idle))
 
 	value := make([]byte, 256)
 	_, _ = rand.Read(value)
@@ -76,7 +76,7 @@ func measure(t *testing.T, p plan, tg *target, rep *Report) {
 		if w.name == "put" && w.clients == 16 {
 			var f sample
 			f, r = loaded(t, p, tg, rep, w)
-			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "put×16", RSSMiB: f.rss, AnonMiB: f.anon, CPUPct: f.cpu})
+			rep.Footprint = append(rep.Footprint, footprint(tg.name, tg.procs, "put×16", f))
 		} else {
 			r = run(t, w, p.dur)
 		}
@@ -91,7 +91,7 @@ func measure(t *testing.T, p plan, tg *target, rep *Report) {
 		var r Result
 		if w.name == "k8s-create" && w.clients == 16 {
 			f := sampleWhile(tg.pids(), func() { r = run(t, w, p.dur) })
-			rep.Footprint = append(rep.Footprint, Footprint{Target: tg.name, Processes: tg.procs, Phase: "create×16", RSSMiB: f.rss, AnonMiB: f.anon, CPUPct: f.cpu})
+			rep.Footprint = append(rep.Footprint, footprint(tg.name, tg.procs, "create×16", f))
 		} else {
 			r = run(t, w, p.dur)
 		}

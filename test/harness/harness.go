@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/hakube/hakube/internal/layout"
@@ -148,8 +149,9 @@ func NewServer(t testing.TB, name string) *Server {
 	return s
 }
 
-// Client returns a client-go clientset using the admin kubeconfig.
-func (s *Server) Client() *kubernetes.Clientset {
+// RESTConfig is the admin kubeconfig's client configuration, reaching s
+// from the test.
+func (s *Server) RESTConfig() *rest.Config {
 	s.t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
 	if err != nil {
@@ -158,7 +160,13 @@ func (s *Server) Client() *kubernetes.Clientset {
 	cfg.Host = s.URL()
 	cfg.Dial = s.Dial
 	cfg.QPS, cfg.Burst = 200, 400
-	cs, err := kubernetes.NewForConfig(cfg)
+	return cfg
+}
+
+// Client returns a client-go clientset using the admin kubeconfig.
+func (s *Server) Client() *kubernetes.Clientset {
+	s.t.Helper()
+	cs, err := kubernetes.NewForConfig(s.RESTConfig())
 	if err != nil {
 		s.t.Fatal(err)
 	}

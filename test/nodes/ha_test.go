@@ -60,7 +60,7 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 
 	a := nw.Hosts[3].Agent(t, "agent-1", s1, s1.Layout().AgentToken())
 	a.Env = append(a.Env, shortCerts)
-	addTestImage(t, a.Layout().Images())
+	harness.AddTestImage(t, a.Layout().Images())
 	began := time.Now()
 	a.Start()
 	cs := s2.Client()
@@ -100,7 +100,7 @@ func agentSurvivesServerLoss(t *testing.T, kind string) {
 		}
 		time.Sleep(2 * time.Second)
 	}
-	p := webPod("after-loss", "agent-1", nil)
+	p := harness.WebPod("after-loss", "agent-1", nil)
 	created := time.Now()
 	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -322,7 +322,7 @@ func renewedInPlace(t *testing.T, nw *harness.Network, c *harness.Cluster, a *ha
 // certificate.
 func podServesLog(t *testing.T, cs kubernetes.Interface, s *harness.Server, name, node string) {
 	t.Helper()
-	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), webPod(name, node, nil), metav1.CreateOptions{}); err != nil {
+	if _, err := cs.CoreV1().Pods("default").Create(context.Background(), harness.WebPod(name, node, nil), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	runningPod(t, cs, "default", name, 2*time.Minute)

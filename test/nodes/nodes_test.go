@@ -59,7 +59,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 
 	s := h1.NodeServer(t, "server-1")
 	s.Args = append(s.Args, "--flannel-backend="+backend)
-	addTestImage(t, s.Layout().Images())
+	harness.AddTestImage(t, s.Layout().Images())
 	began := time.Now()
 	s.Start(serverArgs...)
 	cs := s.Client()
@@ -93,7 +93,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	}
 
 	// A Deployment from the image in agent/images runs on the server's node.
-	dep, err := s.Kubectl("create", "deployment", "hello", "--image="+testImage, "--", "/agnhost", "netexec", "--http-port=8080")
+	dep, err := s.Kubectl("create", "deployment", "hello", "--image="+harness.TestImage, "--", "/agnhost", "netexec", "--http-port=8080")
 	if err != nil {
 		t.Fatal(err, dep)
 	}
@@ -109,7 +109,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	a := h2.Agent(t, "agent-1", s, s.TokenFile())
 	registry := fakeRegistry(t, h1)
 	a.Args = append(a.Args, "--flannel-backend="+backend, "--node-label=hakube.test/zone=lab", "--private-registry", registry.config)
-	addTestImage(t, a.Layout().Images(), agentImage)
+	harness.AddTestImage(t, a.Layout().Images(), agentImage)
 	began = time.Now()
 	a.Start()
 	waitFor(t, 2*time.Minute, "agent-1 Ready", func() error { return harness.NodeReady(cs, "agent-1") })
@@ -127,7 +127,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 
 	// Pods on the two nodes reach each other by pod IP.
 	labels := map[string]string{"app": "web"}
-	for _, p := range []*corev1.Pod{webPod("web-1", "server-1", labels), webPod("web-2", "agent-1", labels)} {
+	for _, p := range []*corev1.Pod{harness.WebPod("web-1", "server-1", labels), harness.WebPod("web-2", "agent-1", labels)} {
 		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -182,7 +182,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	// hakube ctr and crictl reach the node's containerd: the imported images
 	// are pinned, and the pod's container is there.
 	out, code := a.Hakube("ctr", "--data-dir", a.DataDir, "images", "ls")
-	if code != 0 || !strings.Contains(out, testImage) || !strings.Contains(out, "io.cri-containerd.pinned=pinned") {
+	if code != 0 || !strings.Contains(out, harness.TestImage) || !strings.Contains(out, "io.cri-containerd.pinned=pinned") {
 		t.Fatalf("hakube ctr images ls: exit %d:\n%s", code, out)
 	}
 	out, code = a.Hakube("crictl", "--data-dir", a.DataDir, "ps", "--name", "web", "-o", "json")
@@ -206,7 +206,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 
 	// An image not imported is pulled through the registries.yaml mirror,
 	// with its credentials.
-	pull := webPod("pull", "agent-1", nil)
+	pull := harness.WebPod("pull", "agent-1", nil)
 	pull.Spec.Containers[0].Image, pull.Spec.Containers[0].ImagePullPolicy = "docker.io/hakube/not-imported:1", corev1.PullAlways
 	if _, err := cs.CoreV1().Pods("default").Create(ctx, pull, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -220,7 +220,7 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	// own mirror, before registries.yaml's (no registry is reachable); a
 	// second pull too (the first rewrites the image's record).
 	for _, name := range []string{"always-1", "always-2"} {
-		always := webPod(name, "agent-1", nil)
+		always := harness.WebPod(name, "agent-1", nil)
 		always.Spec.Containers[0].ImagePullPolicy = corev1.PullAlways
 		if _, err := cs.CoreV1().Pods("default").Create(ctx, always, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -238,14 +238,14 @@ func serverAndAgent(t *testing.T, name string, serverArgs []string, backend, age
 	waitFor(t, time.Minute, "the imported image pinned after the pulls", func() error {
 		out, code := a.Hakube("ctr", "--data-dir", a.DataDir, "images", "ls")
 		for _, line := range strings.Split(out, "\n") {
-			if strings.HasPrefix(line, testImage+" ") {
+			if strings.HasPrefix(line, harness.TestImage+" ") {
 				if strings.Contains(line, "io.cri-containerd.pinned=pinned") {
 					return nil
 				}
 				return fmt.Errorf("not pinned: %s", line)
 			}
 		}
-		return fmt.Errorf("exit %d, no %s:\n%s", code, testImage, out)
+		return fmt.Errorf("exit %d, no %s:\n%s", code, harness.TestImage, out)
 	})
 
 	// A restarted node keeps its pods: the same containers, no restarts.
@@ -382,46 +382,12 @@ func containerIDsOf(p *corev1.Pod) string {
 }
 
 // podStartupLatency creates n pods from a local image at once and records
-// the p50 and p99 of creation to Running as seen by the API (the Kubernetes
-// SLO: p99 <= 5 s).
+// their startup latencies' p50 and p99.
 func podStartupLatency(t *testing.T, s *harness.Server, fig harness.Figures, n int) {
 	t.Helper()
-	cs := s.Client()
-	ctx := context.Background()
-	created := map[string]time.Time{}
-	for i := range n {
-		p := webPod(fmt.Sprintf("latency-%d", i), "", map[string]string{"app": "latency"})
-		p.Spec.Containers[0].ReadinessProbe = nil
-		created[p.Name] = time.Now()
-		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var lat []time.Duration
-	running := map[string]bool{}
-	waitFor(t, 5*time.Minute, fmt.Sprintf("%d pods running", n), func() error {
-		pods, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=latency"})
-		if err != nil {
-			return err
-		}
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning && !running[p.Name] {
-				// When this poll (every 250 ms) first sees it: the
-				// kubelet's StartedAt has a resolution of one second.
-				running[p.Name] = true
-				lat = append(lat, time.Since(created[p.Name]))
-			}
-		}
-		if len(running) < n {
-			return fmt.Errorf("%d of %d running", len(running), n)
-		}
-		return nil
-	})
+	lat := harness.PodStartup(t, s.Client(), n)
 	fig.Record(t, "pod_startup_p50", percentile(lat, 0.50))
 	fig.Record(t, "pod_startup_p99", percentile(lat, 0.99))
-	if err := cs.CoreV1().Pods("default").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "app=latency"}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // checkPortForward forwards a local port on h to the pod's 8080.
