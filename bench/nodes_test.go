@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,12 +79,36 @@ func nodesBench(t *testing.T, p plan, rep *Report) {
 		pods, bursts = 10, 1
 	}
 	var lat []float64
+	busy0, began := machineBusy(t), time.Now()
 	for range bursts {
 		for _, d := range harness.PodStartup(t, cs, pods) {
 			lat = append(lat, d.Seconds())
 		}
 	}
+	// Whether the bursts are bound by this machine's CPUs: everything of
+	// both nodes (runc, shims, CNI plugins, containerd, kubelets) and the
+	// control plane shares them.
+	t.Logf("pod startup: the machine's CPUs were %.0f%% busy during the bursts",
+		(machineBusy(t)-busy0)/time.Since(began).Seconds()/float64(runtime.NumCPU())*100)
 	addOp(t, rep, hakubeNode, podStartupOp(pods), lat)
+}
+
+// machineBusy is the CPU seconds the machine has spent not idle, from /proc/stat.
+func machineBusy(t *testing.T) float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var busy int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i != 3 && i != 4 && i < 8 { // idle and iowait are not busy; guest time is in user already
+			busy += n
+		}
+	}
+	return float64(busy) / clockTicks
 }
 
 func podStartupOp(pods int) string {
