@@ -24,6 +24,7 @@ if [[ $mode == test ]]; then
   command -v curl >/dev/null || need+=(curl)
   command -v bzip2 >/dev/null || need+=(bzip2)
   command -v make >/dev/null || need+=(make)
+  command -v systemd-analyze >/dev/null || need+=(systemd)                          # checks the units hakube install writes
 fi
 if ((${#need[@]})); then
   if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then

@@ -71,6 +71,7 @@ plane on embedded etcd, with no external database to run.`,
 	v.Usage = "log verbosity (0-10)"
 	root.PersistentFlags().AddFlag(v)
 	root.AddCommand(newServerCommand(), newKubectlCommand(), newEtcdCommand(), newClusterCommand(), newSnapshotCommand(),
-		newCheckConfigCommand(), newCertificateCommand(), newSecretsEncryptCommand(), newTokenCommand(), newAgentCommand(), newContainerdCommand(), newCtrCommand(), newCrictlCommand())
+		newCheckConfigCommand(), newCertificateCommand(), newSecretsEncryptCommand(), newTokenCommand(), newAgentCommand(), newContainerdCommand(), newCtrCommand(), newCrictlCommand(),
+		newInstallCommand(), newUninstallCommand())
 	return root
 }

@@ -79,6 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer func() {
 		stopping.Store(true)
+		notify("STOPPING=1")
 		mgr.Stop()
 	}()
 	if cfg.OnReady != nil {
@@ -87,6 +88,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	readyAt.Store(time.Now().UnixNano())
+	notify("READY=1")
 
 	failed := make(chan error, len(cfg.Components))
 	for _, c := range cfg.Components {

@@ -3,6 +3,8 @@ package runner
 import (
 	"context"
 	"errors"
+	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -75,5 +77,43 @@ func TestStopWhenAsked(t *testing.T) {
 	}
 	if len(log) != 1 {
 		t.Fatalf("stopped %v, want [a]", log)
+	}
+}
+
+// TestNotifiesSystemd: under a Type=notify unit, systemd hears READY=1 once
+// the components are ready, and STOPPING=1 when the run stops.
+func TestNotifiesSystemd(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	var log []string
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Name: "test", Components: []component.Component{&fake{name: "a", log: &log}}})
+	}()
+	read := func() string {
+		t.Helper()
+		buf := make([]byte, 64)
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(buf[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Fatalf("first notice %q, want READY=1", got)
+	}
+	cancel()
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("notice at stop %q, want STOPPING=1", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
