@@ -199,13 +199,14 @@ test: test-deps
 	$(MAKE) lint unit e2e bench-quick conformance-quick
 
 # Fault-injection runs on SERVERS servers of DATASTORE (etcd or dqlite): ITER iterations of every scenario
-# (or of FAULTS, comma-separated), TRAFFIC seconds of traffic before and after each fault.
+# (or of FAULTS, comma-separated), TRAFFIC seconds of traffic before and after each fault; ITER_FROM=n goes on
+# with iterations n..ITER of a run that was cut short.
 DATASTORE ?= etcd
 SERVERS ?= 3
 ITER ?= 20
 TRAFFIC ?= 5
 robustness: build
-	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) ROBUSTNESS_SERVERS=$(SERVERS) ROBUSTNESS_DATASTORE=$(DATASTORE) \
+	HAKUBE_BIN=$(CURDIR)/$(BIN) ROBUSTNESS_ITER=$(ITER) ROBUSTNESS_ITER_FROM=$(ITER_FROM) ROBUSTNESS_TRAFFIC=$(TRAFFIC) ROBUSTNESS_FAULTS=$(FAULTS) ROBUSTNESS_SERVERS=$(SERVERS) ROBUSTNESS_DATASTORE=$(DATASTORE) \
 		go test -count=1 -timeout 600m -v -run TestRobustness ./test/robustness/
 
 # Benchmarks: hakube and its peers (Debian's etcd-server, kine on SQLite) side by side; figures are

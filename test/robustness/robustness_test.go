@@ -27,7 +27,7 @@ import (
 	lin "github.com/hakube/hakube/test/linearizability"
 )
 
-// Knobs for long runs: 'make robustness ITER=20 TRAFFIC=10'.
+// Knobs for long runs: 'make robustness ITER=20 TRAFFIC=10 [ITER_FROM=n]'.
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -79,6 +79,9 @@ func writeSummary(t *testing.T, rows []Row) {
 // ROBUSTNESS_DATASTORE=dqlite ('make robustness DATASTORE=dqlite').
 func TestRobustness(t *testing.T) {
 	iterations := envInt("ROBUSTNESS_ITER", 1)
+	// A long run cut short goes on from where it stopped: iterations
+	// ROBUSTNESS_ITER_FROM..ROBUSTNESS_ITER, on a new cluster.
+	from := envInt("ROBUSTNESS_ITER_FROM", 1)
 	traffic := time.Duration(envInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
 	servers := envInt("ROBUSTNESS_SERVERS", 3)
 	kind, peerPort := os.Getenv("ROBUSTNESS_DATASTORE"), etcd.DefaultPeerPort
@@ -99,7 +102,7 @@ func TestRobustness(t *testing.T) {
 	faults := selectedFaults(t, proxy, servers)
 	var rows []Row
 runs:
-	for iter := 1; iter <= iterations; iter++ {
+	for iter := from; iter <= iterations; iter++ {
 		for _, f := range faults {
 			var row Row
 			ok := t.Run(fmt.Sprintf("%s/%d", f.Name, iter), func(t *testing.T) {
