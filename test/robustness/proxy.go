@@ -3,6 +3,7 @@ package robustness
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -58,7 +59,7 @@ func installPeerProxy(t testing.TB, nw *harness.Network, peerPort int) *peerProx
 		if out, err := exec.Command("ip", append([]string{"netns", "exec", h.Name, "iptables"}, rule...)...).CombinedOutput(); err != nil {
 			t.Fatalf("iptables redirect in %s: %v\n%s", h.Name, err, out)
 		}
-		go p.serve(h, l)
+		go p.serve(t, h, l)
 	}
 	return p
 }
@@ -89,11 +90,20 @@ func (p *peerProxy) fate(a, b string) (time.Duration, bool) {
 	return d, rand.Float64() < p.dropRate
 }
 
-func (p *peerProxy) serve(h *harness.Host, l net.Listener) {
+// serve accepts until the listener is closed. Any other accept error is
+// logged and waited out: a proxy that stopped accepting would cut its host
+// off from new peer connections for the rest of the run, while the old ones
+// kept working.
+func (p *peerProxy) serve(t testing.TB, h *harness.Host, l net.Listener) {
 	for {
 		c, err := l.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			t.Logf("peer proxy on %s: %v", h.Name, err)
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		go p.handle(h, c.(*net.TCPConn))
 	}
