@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -66,7 +68,7 @@ func Faults(p *peerProxy) []Fault {
 		t.Logf("the proxy disturbed %d chunks of %s's peer traffic", n, s.Name)
 	}
 	return []Fault{
-		{Name: "member-replace", MinServers: 2, Inject: removeAndWipe, Heal: rejoin},
+		{Name: "member-replace", MinServers: 2, Inject: removeAndWipe(p), Heal: rejoin},
 		{Name: "full-stop-start", MinServers: 1, Inject: stopAll, Heal: startAllReversed},
 		{Name: "sigkill-leader", Leader: true, MinServers: 1, Inject: kill, Heal: restart},
 		{Name: "sigkill-follower", MinServers: 2, Inject: kill, Heal: restart},
@@ -95,30 +97,32 @@ func pickVictim(t testing.TB, c *harness.Cluster, leader bool) *harness.Server {
 
 // removeAndWipe removes the victim's member through another server, waits for
 // the victim to stop, and wipes its data dir: a disk that died.
-func removeAndWipe(t testing.TB, c *harness.Cluster, victim *harness.Server) {
-	t.Helper()
-	other := c.Servers[0]
-	if other == victim {
-		other = c.Servers[1]
-	}
-	var name string
-	for _, m := range c.Members(t, other) {
-		if c.ServerOf(m.Name) == victim {
-			name = m.Name
+func removeAndWipe(p *peerProxy) func(testing.TB, *harness.Cluster, *harness.Server) {
+	return func(t testing.TB, c *harness.Cluster, victim *harness.Server) {
+		t.Helper()
+		other := c.Servers[0]
+		if other == victim {
+			other = c.Servers[1]
 		}
-	}
-	if out, code := other.Hakube("etcd", "member", "remove", name); code != 0 {
-		t.Fatalf("member remove %s: %s", name, out)
-	}
-	deadline := time.Now().Add(time.Minute)
-	for victim.Running() && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
-	}
-	if victim.Running() {
-		t.Fatalf("%s kept running after its removal", victim.Name)
-	}
-	if err := os.RemoveAll(victim.DataDir); err != nil {
-		t.Fatal(err)
+		var name string
+		for _, m := range c.Members(t, other) {
+			if c.ServerOf(m.Name) == victim {
+				name = m.Name
+			}
+		}
+		if out, code := other.Hakube("etcd", "member", "remove", name); code != 0 {
+			t.Fatalf("member remove %s: %s\npeer connections now:\n%s", name, out, peerProbe(c, p.port))
+		}
+		deadline := time.Now().Add(time.Minute)
+		for victim.Running() && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if victim.Running() {
+			t.Fatalf("%s kept running after its removal", victim.Name)
+		}
+		if err := os.RemoveAll(victim.DataDir); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -155,4 +159,24 @@ func stopAll(t testing.TB, c *harness.Cluster, _ *harness.Server) {
 // startAllReversed brings the servers back in reverse order, the first last.
 func startAllReversed(t testing.TB, c *harness.Cluster, _ *harness.Server) {
 	c.StartAllReversed(t, 5*time.Minute)
+}
+
+// peerProbe makes an HTTPS request to every server's peer port from every
+// other server's host, through the hosts' peer proxies as the members' own
+// connections go: any HTTP status shows the path works (a broken path gives
+// 000 and an error), which tells it from a member that does not reconnect.
+func peerProbe(c *harness.Cluster, port int) string {
+	var b strings.Builder
+	for _, from := range c.Servers {
+		for _, to := range c.Servers {
+			if from == to {
+				continue
+			}
+			url := "https://" + c.HostOf(to).IP + ":" + strconv.Itoa(port) + "/"
+			args := append(c.HostOf(from).Wrap(), "curl", "-sk", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}", url)
+			out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+			fmt.Fprintf(&b, "%s -> %s: %s %v\n", from.Name, to.Name, out, err)
+		}
+	}
+	return b.String()
 }

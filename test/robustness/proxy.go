@@ -32,8 +32,9 @@ const (
 // etcd's peer certificate checks still see the real peer. A fault makes the
 // proxies delay or drop the bytes of every connection to or from one host.
 type peerProxy struct {
-	nw *harness.Network
-	mu sync.Mutex
+	nw   *harness.Network
+	port int // the datastore's peer port
+	mu   sync.Mutex
 	// victim is the disturbed host's address, "" while healthy.
 	victim        string
 	delay, jitter time.Duration
@@ -47,7 +48,7 @@ type peerProxy struct {
 // connection goes through it.
 func installPeerProxy(t testing.TB, nw *harness.Network, peerPort int) *peerProxy {
 	t.Helper()
-	p := &peerProxy{nw: nw}
+	p := &peerProxy{nw: nw, port: peerPort}
 	for _, h := range nw.Hosts {
 		l, err := h.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", proxyPort))
 		if err != nil {
