@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/test/harness"
 )
 
@@ -161,10 +162,10 @@ func startAllReversed(t testing.TB, c *harness.Cluster, _ *harness.Server) {
 	c.StartAllReversed(t, 5*time.Minute)
 }
 
-// peerProbe makes an HTTPS request to every server's peer port from every
-// other server's host, through the hosts' peer proxies as the members' own
-// connections go: any HTTP status shows the path works (a broken path gives
-// 000 and an error), which tells it from a member that does not reconnect.
+// peerProbe asks every server's etcd peer port for its version from every
+// other server's host, with that server's peer certificate, through the
+// hosts' peer proxies as the members' own connections go: 200 shows the path
+// works, which tells a broken path from a member that does not reconnect.
 func peerProbe(c *harness.Cluster, port int) string {
 	var b strings.Builder
 	for _, from := range c.Servers {
@@ -172,8 +173,10 @@ func peerProbe(c *harness.Cluster, port int) string {
 			if from == to {
 				continue
 			}
-			url := "https://" + c.HostOf(to).IP + ":" + strconv.Itoa(port) + "/"
-			args := append(c.HostOf(from).Wrap(), "curl", "-sk", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}", url)
+			url := "https://" + c.HostOf(to).IP + ":" + strconv.Itoa(port) + "/version"
+			tls := from.Layout().TLS()
+			args := append(c.HostOf(from).Wrap(), "curl", "-sk", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}",
+				"--cert", tls.Cert(etcd.PeerCert), "--key", tls.Key(etcd.PeerCert), url)
 			out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 			fmt.Fprintf(&b, "%s -> %s: %s %v\n", from.Name, to.Name, out, err)
 		}
