@@ -98,6 +98,11 @@ func TestRobustness(t *testing.T) {
 	proxy := installPeerProxy(t, nw, peerPort)
 	c := harness.NewEtcdCluster(t, nw, servers, "robustness-secret")
 	c.InitArgs = []string{"--datastore=" + kind}
+	// Extra server flags for every server, space-separated (a bisect of a
+	// setting: ROBUSTNESS_SERVER_ARGS='--etcd-arg heartbeat-interval=300').
+	for _, s := range c.Servers {
+		s.Args = append(s.Args, strings.Fields(os.Getenv("ROBUSTNESS_SERVER_ARGS"))...)
+	}
 	c.Form(t)
 	faults := selectedFaults(t, proxy, servers)
 	var rows []Row
