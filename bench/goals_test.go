@@ -32,13 +32,6 @@ func atMost(v, bound float64, format string) judged {
 	return judged{fmt.Sprintf(format, v), v <= bound, true}
 }
 
-// p99 of samples, nearest rank: the largest of fewer than 100.
-func p99(samples []float64) float64 {
-	s := slices.Clone(samples)
-	slices.Sort(s)
-	return s[int(math.Ceil(float64(len(s))*0.99))-1]
-}
-
 // ratio of a's to b's throughput in one workload, or false when either is missing.
 func ratio(rep *Report, a, b, level, workload string, clients int) (float64, bool) {
 	x, ok1 := find(rep, a, level, workload, clients)
@@ -56,17 +49,20 @@ func ratioAtLeast(rep *Report, a, b, level, workload string, clients int) judged
 	return judged{}
 }
 
-func opJudged(rep *Report, target, op string, of func([]float64) float64, bound float64) judged {
+func opJudged(rep *Report, target, op string, of func(Op) float64, bound float64) judged {
 	if o, ok := findOp(rep, target, op); ok && len(o.Samples) > 0 {
-		return atMost(of(o.Samples), bound, "%.2f s")
+		return atMost(of(o), bound, "%.2f s")
 	}
 	return judged{}
 }
 
-func opMedian(s []float64) float64 {
-	c := slices.Clone(s)
-	slices.Sort(c)
-	return median(c)
+func opMedian(o Op) float64 { return o.Median }
+
+// opP99 is the samples' 99th percentile, nearest rank: the largest of fewer
+// than 100.
+func opP99(o Op) float64 {
+	s := slices.Sorted(slices.Values(o.Samples))
+	return s[int(math.Ceil(float64(len(s))*0.99))-1]
 }
 
 // idleMemory is judged on the set's memory: summed RSS would count the
@@ -112,11 +108,11 @@ var goals = []goal{
 	}},
 	{"leader SIGKILL → next acknowledged write, p99: etcd / Dqlite", "≤ 2 s", func(rep *Report) []judged {
 		const op = "failover: first write acknowledged (datastore)"
-		return []judged{opJudged(rep, hakubeEtcd, op, p99, 2), opJudged(rep, hakubeDqlite, op, p99, 2)}
+		return []judged{opJudged(rep, hakubeEtcd, op, opP99, 2), opJudged(rep, hakubeDqlite, op, opP99, 2)}
 	}},
 	{"leader SIGTERM → longest write stall, p99: etcd / Dqlite", "≤ 0.3 s", func(rep *Report) []judged {
 		const op = "graceful leader stop: longest write stall (datastore)"
-		return []judged{opJudged(rep, hakubeEtcd, op, p99, 0.3), opJudged(rep, hakubeDqlite, op, p99, 0.3)}
+		return []judged{opJudged(rep, hakubeEtcd, op, opP99, 0.3), opJudged(rep, hakubeDqlite, op, opP99, 0.3)}
 	}},
 	{"server idle memory, control plane only (1 server, SQLite)", "≤ 300 MiB", func(rep *Report) []judged {
 		return []judged{idleMemory(rep, hakubeSQLite, 300)}
@@ -132,7 +128,7 @@ var goals = []goal{
 		return []judged{opJudged(rep, hakubeEtcd, op, opMedian, 4), opJudged(rep, hakubeDqlite, op, opMedian, 4), opJudged(rep, hakubeSQLite, op, opMedian, 4)}
 	}},
 	{"pod startup latency p99: 30 pods at once on 2 nodes", "≤ 2 s", func(rep *Report) []judged {
-		return []judged{opJudged(rep, hakubeNode, podStartupOp(30), p99, 2)}
+		return []judged{opJudged(rep, hakubeNode, podStartupOp(30), opP99, 2)}
 	}},
 	{"Dqlite compaction of 100k revisions: longest write stall", "≤ 0.1 s", func(rep *Report) []judged {
 		return []judged{opJudged(rep, hakubeDqlite, "compaction of 100k revisions: longest write stall", opMedian, 0.1)}

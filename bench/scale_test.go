@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -166,9 +165,9 @@ func scaleRun(t *testing.T, rep *ScaleReport, kind string) ScaleResult {
 	// Lists run while the pods are created, as controllers and users list
 	// a busy cluster: one namespace's pods every 2 s, every pod every 10 s.
 	listCtx, stopLists := context.WithCancel(ctx)
-	var listNS, listAll []float64
+	var listNS, listAll []time.Duration
 	var lists sync.WaitGroup
-	lister := func(every time.Duration, ns string, into *[]float64) {
+	lister := func(every time.Duration, ns string, into *[]time.Duration) {
 		for i := 0; ; i++ {
 			select {
 			case <-listCtx.Done():
@@ -182,14 +181,14 @@ func scaleRun(t *testing.T, rep *ScaleReport, kind string) ScaleResult {
 				}
 				continue
 			}
-			*into = append(*into, float64(time.Since(start).Microseconds())/1000)
+			*into = append(*into, time.Since(start))
 		}
 	}
 	lists.Go(func() { lister(2*time.Second, "scale-0", &listNS) })
 	lists.Go(func() { lister(10*time.Second, "", &listAll) })
 
 	began = time.Now()
-	var creates []float64
+	var creates []time.Duration
 	var mu sync.Mutex
 	var errs atomic.Int64
 	parallel(t, rep.Pods, 16, func(i int) error {
@@ -208,7 +207,7 @@ func scaleRun(t *testing.T, rep *ScaleReport, kind string) ScaleResult {
 			return nil // counted; the SLO judges the calls that were made
 		}
 		mu.Lock()
-		creates = append(creates, float64(time.Since(start).Microseconds())/1000)
+		creates = append(creates, time.Since(start))
 		mu.Unlock()
 		return nil
 	})
@@ -231,7 +230,9 @@ func scaleRun(t *testing.T, rep *ScaleReport, kind string) ScaleResult {
 	stopLists()
 	lists.Wait()
 	res.CreateErrors = int(errs.Load())
-	res.Create, res.ListNamespace, res.ListAll = latencyOf(creates), latencyOf(listNS), latencyOf(listAll)
+	// The bench's own percentiles (summarize); its throughput is not used.
+	latency := func(d []time.Duration) Latency { return summarize(d, time.Since(began)).Latency }
+	res.Create, res.ListNamespace, res.ListAll = latency(creates), latency(listNS), latency(listAll)
 	t.Logf("%s: every pod Running %.1f s after the first create; create p99 %.0f ms, list of a namespace p99 %.0f ms (n=%d), of all p99 %.0f ms (n=%d)",
 		kind, res.PodsRunningSecs, res.Create.P99ms, res.ListNamespace.P99ms, len(listNS), res.ListAll.P99ms, len(listAll))
 
@@ -270,16 +271,6 @@ func parallel(t *testing.T, n, workers int, fn func(i int) error) {
 	if first != nil {
 		t.Fatal(first)
 	}
-}
-
-// latencyOf is the p50 and p99 of samples in milliseconds.
-func latencyOf(ms []float64) Latency {
-	if len(ms) == 0 {
-		return Latency{}
-	}
-	s := slices.Clone(ms)
-	slices.Sort(s)
-	return Latency{P50ms: median(s), P99ms: p99(s)}
 }
 
 func scaleMarkdown(rep *ScaleReport) string {
