@@ -10,9 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hakube/hakube/test/harness"
 )
 
 var quick = flag.Bool("quick", false, "a run of under 3 minutes that keeps the harness working; its figures are rough")
@@ -37,12 +38,7 @@ func newPlan() plan {
 		p.dur = d
 		p.profile = max(d-time.Second, time.Second)
 	}
-	if n, err := strconv.Atoi(os.Getenv("BENCH_REPS")); err == nil && n > 0 {
-		p.reps = n
-	}
-	if n, err := strconv.Atoi(os.Getenv("BENCH_HISTORY")); err == nil && n > 0 {
-		p.history = n
-	}
+	p.reps, p.history = harness.EnvInt("BENCH_REPS", p.reps), harness.EnvInt("BENCH_HISTORY", p.history)
 	return withOut(p)
 }
 

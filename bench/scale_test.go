@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,13 +62,6 @@ const (
 	scaleNamespaces    = 10
 )
 
-func envNum(name string, def int) int {
-	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
-		return n
-	}
-	return def
-}
-
 // TestScale runs 'make bench-scale' (HAKUBE_BENCH_SCALE=1): SCALE_NODES
 // (500) nodes and SCALE_PODS (10000) pods on each of SCALE_DATASTORES
 // (etcd,dqlite).
@@ -79,7 +71,7 @@ func TestScale(t *testing.T) {
 	}
 	host, _ := os.Hostname()
 	rep := &ScaleReport{Date: time.Now().UTC().Format(time.RFC3339), Host: host, Commit: os.Getenv("BENCH_COMMIT"), CPUs: runtime.NumCPU(),
-		Nodes: envNum("SCALE_NODES", 500), Pods: envNum("SCALE_PODS", 10000)}
+		Nodes: harness.EnvInt("SCALE_NODES", 500), Pods: harness.EnvInt("SCALE_PODS", 10000)}
 	kinds := "etcd,dqlite"
 	if v := os.Getenv("SCALE_DATASTORES"); v != "" {
 		kinds = v

@@ -32,6 +32,15 @@ var (
 	buildErr  error
 )
 
+// EnvInt is the positive integer in the environment variable name (a test's
+// knob for long runs), or def when it is unset or not one.
+func EnvInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
 // Binary returns the hakube binary: $HAKUBE_BIN (set by 'make e2e'), else one
 // built once for this test process.
 func Binary(tb testing.TB) string {

@@ -27,14 +27,6 @@ import (
 	lin "github.com/hakube/hakube/test/linearizability"
 )
 
-// Knobs for long runs: 'make robustness ITER=20 TRAFFIC=10 [ITER_FROM=n]'.
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
 // Row is one run of the summary table. HealSecs is how long undoing the fault
 // took (for a killed server: its restart until ready); RecoverySecs is the time
 // after that until every server's API accepted a write.
@@ -78,12 +70,13 @@ func writeSummary(t *testing.T, rows []Row) {
 // TestRobustness runs on embedded etcd, or on Dqlite with
 // ROBUSTNESS_DATASTORE=dqlite ('make robustness DATASTORE=dqlite').
 func TestRobustness(t *testing.T) {
-	iterations := envInt("ROBUSTNESS_ITER", 1)
+	// Knobs for long runs: 'make robustness ITER=20 TRAFFIC=10 [ITER_FROM=n]'.
+	iterations := harness.EnvInt("ROBUSTNESS_ITER", 1)
 	// A long run cut short goes on from where it stopped: iterations
 	// ROBUSTNESS_ITER_FROM..ROBUSTNESS_ITER, on a new cluster.
-	from := envInt("ROBUSTNESS_ITER_FROM", 1)
-	traffic := time.Duration(envInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
-	servers := envInt("ROBUSTNESS_SERVERS", 3)
+	from := harness.EnvInt("ROBUSTNESS_ITER_FROM", 1)
+	traffic := time.Duration(harness.EnvInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
+	servers := harness.EnvInt("ROBUSTNESS_SERVERS", 3)
 	kind, peerPort := os.Getenv("ROBUSTNESS_DATASTORE"), etcd.DefaultPeerPort
 	switch kind {
 	case "":
