@@ -109,14 +109,22 @@ func (p *Process) command(extra ...string) *exec.Cmd {
 	return cmd
 }
 
-// Start launches the process and waits until it is ready.
+// Start launches the process and waits until it is ready, failing the test
+// that created it otherwise.
 func (p *Process) Start(extra ...string) {
 	p.t.Helper()
+	p.StartIn(p.t, extra...)
+}
+
+// StartIn is Start failing t instead: a subtest's, so that a failed start
+// ends the subtest rather than the test that created the process.
+func (p *Process) StartIn(t testing.TB, extra ...string) {
+	t.Helper()
 	if err := p.StartAsync(extra...); err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := p.WaitReady(p.readyTimeout); err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
 }
 

@@ -48,7 +48,7 @@ func signal(t testing.TB, s *harness.Server, sig syscall.Signal) {
 // cluster's peer proxy.
 func Faults(p *peerProxy) []Fault {
 	kill := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { s.Kill() }
-	restart := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { start(t, s) }
+	restart := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { s.StartIn(t) }
 	stop := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { signal(t, s, syscall.SIGSTOP) }
 	cont := func(t testing.TB, _ *harness.Cluster, s *harness.Server) { signal(t, s, syscall.SIGCONT) }
 	isolate := func(t testing.TB, c *harness.Cluster, s *harness.Server) { linkSet(t, c.HostOf(s), "down") }
@@ -134,19 +134,9 @@ func rejoin(t testing.TB, c *harness.Cluster, victim *harness.Server) {
 	if other == victim {
 		other = c.Servers[1]
 	}
-	start(t, victim, "--server", other.URL())
-}
-
-// start starts s and fails the scenario's test, not the test that created s,
-// when it does not get ready: the run then keeps the servers' data and logs.
-func start(t testing.TB, s *harness.Server, args ...string) {
-	t.Helper()
-	if err := s.StartAsync(args...); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.WaitReady(3 * time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	// The scenario's t: a join that does not get ready fails the scenario,
+	// which keeps the data dirs and logs.
+	victim.StartIn(t, "--server", other.URL())
 }
 
 // stopAll stops every server (SIGTERM), as a power cut with a clean shutdown.
