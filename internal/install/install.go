@@ -105,7 +105,7 @@ func Install(c Config, out io.Writer) (err error) {
 	// The bundle is copied to a new directory first, which replaces the
 	// installed one at the end: a copy that fails halfway changes nothing.
 	var stage string
-	if same, _ := sameFile(filepath.Join(c.Source, "hakube"), filepath.Join(lib, "hakube")); !same {
+	if !sameFile(filepath.Join(c.Source, "hakube"), filepath.Join(lib, "hakube")) {
 		stage = lib + ".new"
 		if err := os.RemoveAll(stage); err != nil {
 			return err
@@ -168,8 +168,8 @@ func Install(c Config, out io.Writer) (err error) {
 	}
 	// restart, not start: installing again applies the new flags.
 	for _, args := range [][]string{{"daemon-reload"}, {"enable", Unit(c.Role)}, {"restart", Unit(c.Role)}} {
-		if b, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("systemctl %s: %v: %s", strings.Join(args, " "), err, b)
+		if err := systemctl(args...); err != nil {
+			return err
 		}
 	}
 	fmt.Fprintf(out, "enabled and started %s: 'journalctl -u %s -f' follows it\n", Unit(c.Role), Unit(c.Role))
@@ -250,19 +250,19 @@ func Uninstall(root string, enable, removeData bool, dataDirs []string, out io.W
 			if !enable {
 				continue
 			}
-			if b, err := exec.Command("systemctl", "disable", "--now", Unit(role)).CombinedOutput(); err != nil {
-				return fmt.Errorf("systemctl disable --now %s: %v: %s", Unit(role), err, b)
+			if err := systemctl("disable", "--now", Unit(role)); err != nil {
+				return err
 			}
 			fmt.Fprintf(out, "stopped and disabled %s\n", Unit(role))
 		}
 	}
 	var data []string
-	for _, d := range dataDirs {
-		if p := filepath.Join(root, d); removeData && !slices.Contains(data, p) {
-			data = append(data, p)
-		}
-	}
 	if removeData {
+		for _, d := range dataDirs {
+			if p := filepath.Join(root, d); !slices.Contains(data, p) {
+				data = append(data, p)
+			}
+		}
 		if err := inUse(root, data); err != nil {
 			return err
 		}
@@ -283,25 +283,27 @@ func Uninstall(root string, enable, removeData bool, dataDirs []string, out io.W
 		fmt.Fprintf(out, "removed %s\n", p)
 	}
 	if enable && len(units) > 0 {
-		if b, err := exec.Command("systemctl", "daemon-reload").CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("systemctl daemon-reload: %v: %s", err, b))
+		if err := systemctl("daemon-reload"); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// sameFile reports whether a and b are one file (reinstalling from the
-// installed binary, to change the flags).
-func sameFile(a, b string) (bool, error) {
-	x, err := os.Stat(a)
-	if err != nil {
-		return false, err
+// systemctl runs systemctl with args; its output is the error's detail.
+func systemctl(args ...string) error {
+	if b, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("systemctl %s: %v: %s", strings.Join(args, " "), err, b)
 	}
-	y, err := os.Stat(b)
-	if err != nil {
-		return false, err
-	}
-	return os.SameFile(x, y), nil
+	return nil
+}
+
+// sameFile reports whether a and b are one existing file (reinstalling from
+// the installed binary, to change the flags).
+func sameFile(a, b string) bool {
+	x, err1 := os.Stat(a)
+	y, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(x, y)
 }
 
 // copyTree copies a file or a directory, keeping modes.
