@@ -76,19 +76,27 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 	var out []Member
 	for _, s := range f.Configuration().Servers {
 		m := Member{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter, Leader: s.ID == leader}
-		var st status
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if s.ID == raft.ServerID(n.cfg.ID) {
-			st = n.status()
-		} else if err := n.call(cctx, m.Address, "GET", "/status", nil, &st); err != nil {
-			st = status{}
-		}
-		cancel()
+		st, _ := n.statusOf(ctx, s)
 		m.Applied, m.DBSize, m.DBFree = st.Applied, st.DBSize, st.DBFree
 		m.Healthy = st.ID == m.ID && st.Leader != ""
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// statusOf is what member s says of itself, asked for at most 2 s (this
+// member answers without a call); the zero status when it cannot be asked.
+func (n *Node) statusOf(ctx context.Context, s raft.Server) (status, error) {
+	if s.ID == raft.ServerID(n.cfg.ID) {
+		return n.status(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var st status
+	if err := n.call(ctx, string(s.Address), "GET", "/status", nil, &st); err != nil {
+		return status{}, err
+	}
+	return st, nil
 }
 
 // putLoop keeps putOK: whether every member of the configuration says it
@@ -104,10 +112,7 @@ func (n *Node) putLoop() {
 			if !all || s.ID == raft.ServerID(n.cfg.ID) {
 				continue
 			}
-			var st status
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			err := n.call(ctx, string(s.Address), "GET", "/status", nil, &st)
-			cancel()
+			st, err := n.statusOf(context.Background(), s)
 			all = err == nil && st.ID == string(s.ID) && st.Put
 		}
 		n.putOK.Store(all)
