@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hakube/hakube/internal/datastore/etcd"
 	"github.com/hakube/hakube/test/harness"
 )
 
@@ -112,7 +111,7 @@ func removeAndWipe(p *peerProxy) func(testing.TB, *harness.Cluster, *harness.Ser
 			}
 		}
 		if out, code := other.Hakube("etcd", "member", "remove", name); code != 0 {
-			t.Fatalf("member remove %s: %s\npeer connections now:\n%s", name, out, peerProbe(c, p.port))
+			t.Fatalf("member remove %s: %s\npeer connections now:\n%s", name, out, p.probe(c))
 		}
 		deadline := time.Now().Add(time.Minute)
 		for victim.Running() && time.Now().Before(deadline) {
@@ -152,21 +151,22 @@ func startAllReversed(t testing.TB, c *harness.Cluster, _ *harness.Server) {
 	c.StartAllReversed(t, 5*time.Minute)
 }
 
-// peerProbe asks every server's etcd peer port for its version from every
-// other server's host, with that server's peer certificate, through the
-// hosts' peer proxies as the members' own connections go: 200 shows the path
-// works, which tells a broken path from a member that does not reconnect.
-func peerProbe(c *harness.Cluster, port int) string {
+// probe makes a request to every server's peer port from every other
+// server's host, with that server's peer certificate, through the hosts'
+// proxies as the members' own connections go: any HTTP status shows the
+// path works (000 and an error that it does not), which tells a broken path
+// from a member that does not reconnect.
+func (p *peerProxy) probe(c *harness.Cluster) string {
 	var b strings.Builder
 	for _, from := range c.Servers {
 		for _, to := range c.Servers {
 			if from == to {
 				continue
 			}
-			url := "https://" + c.HostOf(to).IP + ":" + strconv.Itoa(port) + "/version"
+			url := "https://" + c.HostOf(to).IP + ":" + strconv.Itoa(p.port) + "/version"
 			tls := from.Layout().TLS()
 			args := append(c.HostOf(from).Wrap(), "curl", "-sk", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}",
-				"--cert", tls.Cert(etcd.PeerCert), "--key", tls.Key(etcd.PeerCert), url)
+				"--cert", tls.Cert(p.cert), "--key", tls.Key(p.cert), url)
 			out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 			fmt.Fprintf(&b, "%s -> %s: %s %v\n", from.Name, to.Name, out, err)
 		}

@@ -33,7 +33,8 @@ const (
 // proxies delay or drop the bytes of every connection to or from one host.
 type peerProxy struct {
 	nw   *harness.Network
-	port int // the datastore's peer port
+	port int    // the datastore's peer port
+	cert string // the members' certificate for it (in their TLS dir), for probes
 	mu   sync.Mutex
 	// victim is the disturbed host's address, "" while healthy.
 	victim        string
@@ -46,9 +47,9 @@ type peerProxy struct {
 // installPeerProxy starts a proxy in every host of nw for connections to
 // peerPort; it must run before the servers start so that every peer
 // connection goes through it.
-func installPeerProxy(t testing.TB, nw *harness.Network, peerPort int) *peerProxy {
+func installPeerProxy(t testing.TB, nw *harness.Network, peerPort int, peerCert string) *peerProxy {
 	t.Helper()
-	p := &peerProxy{nw: nw, port: peerPort}
+	p := &peerProxy{nw: nw, port: peerPort, cert: peerCert}
 	for _, h := range nw.Hosts {
 		l, err := h.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", proxyPort))
 		if err != nil {

@@ -77,18 +77,18 @@ func TestRobustness(t *testing.T) {
 	from := harness.EnvInt("ROBUSTNESS_ITER_FROM", 1)
 	traffic := time.Duration(harness.EnvInt("ROBUSTNESS_TRAFFIC", 3)) * time.Second
 	servers := harness.EnvInt("ROBUSTNESS_SERVERS", 3)
-	kind, peerPort := os.Getenv("ROBUSTNESS_DATASTORE"), etcd.DefaultPeerPort
+	kind, peerPort, peerCert := os.Getenv("ROBUSTNESS_DATASTORE"), etcd.DefaultPeerPort, etcd.PeerCert
 	switch kind {
 	case "":
 		kind = "etcd"
 	case "etcd":
 	case "dqlite":
-		peerPort = dqlite.DefaultPeerPort
+		peerPort, peerCert = dqlite.DefaultPeerPort, dqlite.PeerCert
 	default:
 		t.Fatalf("ROBUSTNESS_DATASTORE=%q: use etcd or dqlite", kind)
 	}
 	nw := harness.NewNetwork(t, servers)
-	proxy := installPeerProxy(t, nw, peerPort)
+	proxy := installPeerProxy(t, nw, peerPort, peerCert)
 	c := harness.NewEtcdCluster(t, nw, servers, "robustness-secret")
 	c.InitArgs = []string{"--datastore=" + kind}
 	// Extra server flags for every server, space-separated (a bisect of a
