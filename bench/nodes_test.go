@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,16 +60,11 @@ func nodesBench(t *testing.T, p plan, rep *Report) {
 		{hakubeAgent, func() []int { return daemons(nw.Hosts[1], bin) }},
 	}
 	idle := make([]sample, len(hosts))
-	done := make(chan struct{})
+	var sampling sync.WaitGroup
 	for i, h := range hosts {
-		go func() {
-			idle[i] = sampleWhile(h.pids(), func() { time.Sleep(p.settle) })
-			done <- struct{}{}
-		}()
+		sampling.Go(func() { idle[i] = sampleWhile(h.pids(), func() { time.Sleep(p.settle) }) })
 	}
-	for range hosts {
-		<-done
-	}
+	sampling.Wait()
 	for i, h := range hosts {
 		t.Logf("%s idle: %s", h.target, describe(h.pids()))
 		rep.Footprint = append(rep.Footprint, footprint(h.target, nodeProcs, "idle", idle[i]))
